@@ -1,0 +1,1 @@
+//! Per-thread counters with memcached's names, summed on demand.
