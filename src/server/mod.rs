@@ -1,9 +1,173 @@
 //! Listeners, worker event loops, connections and request execution.
 
+mod conn;
+mod exec;
+mod listener;
+mod shared;
+mod stats_cmd;
+mod worker;
+
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::UnixStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
 use crate::config::Config;
+use crate::storage::{Store, StoreConfig};
+
+pub use shared::level_filter;
+use shared::Shared;
+
+const SIGNAL: Token = Token(usize::MAX - 1);
+const WAKE: Token = Token(usize::MAX - 2);
+
+/// Shards per store: far more than threads, so two workers rarely want the same lock.
+const SHARDS: usize = 256;
 
 /// Runs the server until it is told to stop; returns the process exit code.
 pub fn run(cfg: Config) -> i32 {
-    let _ = cfg;
-    0
+    match serve(cfg) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("repcached: {e}");
+            log::error!("{e}");
+            1
+        }
+    }
+}
+
+fn serve(cfg: Config) -> Result<(), String> {
+    let listeners = listener::bind_all(&cfg)?;
+    if listeners.is_empty() {
+        return Err("nothing to listen on (-p 0 without -s)".into());
+    }
+    let store = Arc::new(Store::new(StoreConfig {
+        memory_limit: cfg.memory_limit,
+        evictions: cfg.evictions,
+        item_size_max: cfg.item_size_max,
+        cas_enabled: cfg.cas_enabled,
+        shards: SHARDS,
+        node_id: 0,
+    }));
+    let shared = Arc::new(Shared::new(cfg, store));
+    shared.listeners.store(listeners.len(), Ordering::Relaxed);
+    shared.total_conns.store(listeners.len() as u64, Ordering::Relaxed);
+    {
+        let mut info = crate::stats::lock(&shared.listen_info);
+        for l in &listeners {
+            info.push((l.fd(), l.describe().to_string()));
+            log::info!("listening on {}", l.describe());
+        }
+    }
+
+    let mut poll = Poll::new().map_err(|e| format!("cannot create event loop: {e}"))?;
+    let waker = Waker::new(poll.registry(), WAKE).map_err(|e| format!("cannot create waker: {e}"))?;
+    let _ = shared.listener_waker.set(waker);
+
+    // Signals arrive as bytes on a socket pair that the listener's event loop watches.
+    let (sig_rx, sig_tx) = StdUnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    sig_rx.set_nonblocking(true).map_err(|e| e.to_string())?;
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let tx = sig_tx.try_clone().map_err(|e| e.to_string())?;
+        signal_hook::low_level::pipe::register(sig, tx).map_err(|e| format!("signal setup: {e}"))?;
+    }
+    // A client going away mid-write must not kill the process.
+    // SAFETY: setting SIGPIPE to ignore is async-signal-safe and process-wide by design.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let mut sig_rx = UnixStream::from_std(sig_rx);
+    poll.registry()
+        .register(&mut sig_rx, SIGNAL, Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+
+    let mut workers = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..shared.cfg.threads.max(1) {
+        let wpoll = Poll::new().map_err(|e| format!("cannot create worker loop: {e}"))?;
+        let wwaker = Arc::new(
+            Waker::new(wpoll.registry(), worker::WAKE).map_err(|e| format!("waker: {e}"))?,
+        );
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = worker::Worker::new(wpoll, rx, Arc::clone(&shared));
+        let h = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || w.run())
+            .map_err(|e| format!("cannot start worker: {e}"))?;
+        workers.push((tx, wwaker));
+        handles.push(h);
+    }
+
+    let clock = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("clock".into())
+            .spawn(move || clock_loop(&shared))
+            .map_err(|e| format!("cannot start clock thread: {e}"))?
+    };
+
+    let mut listeners = listeners;
+    for (i, l) in listeners.iter_mut().enumerate() {
+        let r = match l {
+            listener::Listener::Tcp(t, _) => poll.registry().register(t, Token(i), Interest::READABLE),
+            listener::Listener::Unix(u, _) => poll.registry().register(u, Token(i), Interest::READABLE),
+        };
+        r.map_err(|e| format!("cannot watch listener: {e}"))?;
+    }
+    let mut dispatch = listener::Dispatcher::new(workers);
+    let mut events = Events::with_capacity(64);
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("listener poll failed: {e}"));
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNAL => {
+                    log::info!("signal received, shutting down");
+                    shared.shutdown.store(true, Ordering::SeqCst);
+                }
+                WAKE => {}
+                Token(i) => {
+                    if let Some(l) = listeners.get(i) {
+                        dispatch.accept_all(l, &shared);
+                    }
+                }
+            }
+        }
+    }
+
+    drop(listeners);
+    shared.accepting.store(false, Ordering::Relaxed);
+    for (_, w) in &dispatch.workers {
+        let _ = w.wake();
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    shared.clock_stop();
+    let _ = clock.join();
+    if let Some(p) = &shared.cfg.unix_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Advances the coarse clock and sweeps expired items, until shutdown.
+fn clock_loop(shared: &Shared) {
+    let mut last_reap = 0;
+    while !shared.clock_wait(Duration::from_millis(100)) {
+        let now = shared.tick();
+        if now != last_reap {
+            last_reap = now;
+            shared.store.reap(now);
+            shared.reaper_runs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

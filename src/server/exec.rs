@@ -1,0 +1,209 @@
+//! Executes one parsed request against the store and appends memcached's reply.
+
+use crate::protocol::response::{write_line, write_u64, write_value};
+use crate::protocol::text::keys;
+use crate::protocol::Request;
+use crate::stats::{bump, ThreadStats};
+use crate::storage::{ArithOutcome, Lookup, StoreCmd, StoreOutcome};
+
+use super::shared::Shared;
+use super::stats_cmd;
+
+/// What the connection must do after the reply is queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    /// Write what is pending, then close.
+    Close,
+    /// Discard this many input bytes (the data block of a refused value).
+    Swallow(usize),
+}
+
+/// Everything a request may touch, borrowed for one batch of requests.
+pub struct Ctx<'a> {
+    pub shared: &'a Shared,
+    pub stats: &'a ThreadStats,
+    pub now: u32,
+    /// The fd of the connection, for `stats conns`.
+    pub fd: i32,
+}
+
+fn reply(out: &mut Vec<u8>, noreply: bool, msg: &[u8]) {
+    if !noreply {
+        write_line(out, msg);
+    }
+}
+
+pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
+    let store = &*ctx.shared.store;
+    let st = ctx.stats;
+    let cas_on = ctx.shared.cfg.cas_enabled;
+    match req {
+        Request::Get { keys: list, cas, touch } => {
+            for key in keys(list) {
+                let emit = |it: &crate::storage::ItemRef| {
+                    let c = if cas { Some(if cas_on { it.version } else { 0 }) } else { None };
+                    write_value(out, key, it.flags, it.value, c);
+                };
+                let (lookup, hit) = match touch {
+                    None => store.get(key, ctx.now, emit),
+                    Some(exp) => store.get_and_touch(key, exp, ctx.now, emit),
+                };
+                bump(&st.cmd_get, 1);
+                match lookup {
+                    Lookup::Expired => bump(&st.get_expired, 1),
+                    Lookup::Flushed => bump(&st.get_flushed, 1),
+                    _ => {}
+                }
+                match (touch.is_some(), hit.is_some()) {
+                    (false, true) => bump(&st.get_hits, 1),
+                    (false, false) => bump(&st.get_misses, 1),
+                    (true, true) => {
+                        bump(&st.cmd_touch, 1);
+                        bump(&st.touch_hits, 1);
+                    }
+                    (true, false) => {
+                        bump(&st.cmd_touch, 1);
+                        bump(&st.touch_misses, 1);
+                    }
+                }
+            }
+            out.extend_from_slice(b"END\r\n");
+            After::Continue
+        }
+        Request::Store { cmd, key, flags, exptime, value, cas_unique, noreply } => {
+            bump(&st.cmd_set, 1);
+            let outcome = store.store(cmd, key, flags, exptime, value, cas_unique, ctx.now);
+            if cmd == StoreCmd::Cas {
+                match outcome {
+                    StoreOutcome::Stored => bump(&st.cas_hits, 1),
+                    StoreOutcome::Exists => bump(&st.cas_badval, 1),
+                    StoreOutcome::NotFound => bump(&st.cas_misses, 1),
+                    _ => {}
+                }
+            }
+            let msg: &[u8] = match outcome {
+                StoreOutcome::Stored => b"STORED",
+                StoreOutcome::NotStored => b"NOT_STORED",
+                StoreOutcome::Exists => b"EXISTS",
+                StoreOutcome::NotFound => b"NOT_FOUND",
+                StoreOutcome::TooLarge => {
+                    bump(&st.store_too_large, 1);
+                    b"SERVER_ERROR object too large for cache"
+                }
+                StoreOutcome::OutOfMemory => {
+                    bump(&st.store_no_memory, 1);
+                    b"SERVER_ERROR out of memory storing object"
+                }
+            };
+            reply(out, noreply, msg);
+            After::Continue
+        }
+        Request::StoreTooLarge { cmd, key, noreply, swallow } => {
+            bump(&st.store_too_large, 1);
+            // memcached drops the old value of a refused `set` so a stale copy cannot be
+            // read back as if the write had not happened.
+            if cmd == StoreCmd::Set {
+                store.remove(key);
+            }
+            reply(out, noreply, b"SERVER_ERROR object too large for cache");
+            After::Swallow(swallow)
+        }
+        Request::Delete { key, noreply } => {
+            if store.delete(key, ctx.now) {
+                bump(&st.delete_hits, 1);
+                reply(out, noreply, b"DELETED");
+            } else {
+                bump(&st.delete_misses, 1);
+                reply(out, noreply, b"NOT_FOUND");
+            }
+            After::Continue
+        }
+        Request::Arith { incr, key, delta, noreply } => {
+            match store.arith(key, incr, delta, ctx.now) {
+                ArithOutcome::Value(v) => {
+                    bump(if incr { &st.incr_hits } else { &st.decr_hits }, 1);
+                    if !noreply {
+                        write_u64(out, v);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                ArithOutcome::NotFound => {
+                    bump(if incr { &st.incr_misses } else { &st.decr_misses }, 1);
+                    reply(out, noreply, b"NOT_FOUND");
+                }
+                ArithOutcome::NonNumeric => reply(
+                    out,
+                    noreply,
+                    b"CLIENT_ERROR cannot increment or decrement non-numeric value",
+                ),
+                ArithOutcome::OutOfMemory => reply(out, noreply, b"SERVER_ERROR out of memory"),
+            }
+            After::Continue
+        }
+        Request::Touch { key, exptime, noreply } => {
+            bump(&st.cmd_touch, 1);
+            if store.touch(key, exptime, ctx.now) {
+                bump(&st.touch_hits, 1);
+                reply(out, noreply, b"TOUCHED");
+            } else {
+                bump(&st.touch_misses, 1);
+                reply(out, noreply, b"NOT_FOUND");
+            }
+            After::Continue
+        }
+        Request::FlushAll { delay, noreply } => {
+            bump(&st.cmd_flush, 1);
+            if !ctx.shared.cfg.flush_enabled {
+                reply(out, noreply, b"CLIENT_ERROR flush_all not allowed");
+            } else {
+                store.flush_all(delay, ctx.now);
+                reply(out, noreply, b"OK");
+            }
+            After::Continue
+        }
+        Request::Stats { args } => {
+            stats_cmd::stats(ctx, args, out);
+            After::Continue
+        }
+        Request::Version => {
+            out.extend_from_slice(b"VERSION ");
+            write_line(out, crate::PROTOCOL_VERSION.as_bytes());
+            After::Continue
+        }
+        Request::Verbosity { level, noreply } => {
+            ctx.shared.set_verbosity(level);
+            reply(out, noreply, b"OK");
+            After::Continue
+        }
+        Request::Quit => After::Close,
+        Request::Shutdown { graceful } => {
+            if !ctx.shared.cfg.enable_shutdown {
+                write_line(out, b"ERROR: shutdown not enabled");
+                return After::Continue;
+            }
+            log::info!(
+                "shutdown{} requested by a client",
+                if graceful { " graceful" } else { "" }
+            );
+            ctx.shared.request_shutdown();
+            After::Close
+        }
+        Request::CacheMemlimit { megabytes, noreply } => {
+            if megabytes < 8 {
+                reply(out, noreply, b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m");
+            } else if megabytes > 1_000_000_000 {
+                reply(out, noreply, b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes");
+            } else {
+                store.set_memory_limit((megabytes as usize).saturating_mul(1024 * 1024));
+                reply(out, noreply, b"OK");
+            }
+            After::Continue
+        }
+        Request::Reply { msg, noreply } => {
+            reply(out, noreply, msg.as_bytes());
+            After::Continue
+        }
+        Request::Close => After::Close,
+    }
+}

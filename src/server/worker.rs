@@ -1,0 +1,273 @@
+//! A worker thread: one mio event loop owning its connections, parsing and executing
+//! pipelined requests in order, with per-wake-up fairness and output back-pressure.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::protocol::text::{parse, Parsed};
+use crate::protocol::ParseLimits;
+use crate::stats::{bump, ThreadStats};
+
+use super::conn::{Conn, ReadOutcome};
+use super::exec::{execute, After, Ctx};
+use super::shared::Shared;
+
+/// Token of the waker that announces new connections and shutdown.
+pub const WAKE: Token = Token(usize::MAX);
+
+/// Stop executing a connection's requests while this much output is unsent, so a client
+/// that pipelines without reading cannot grow server memory without bound: its requests
+/// wait in its own socket buffer instead.
+const OUTPUT_HIGH_WATER: usize = 1024 * 1024;
+
+/// Beyond this much unparsed input that still is not one request, the connection is
+/// dropped. Only a multi-get line or a value can be this long; the bound leaves room
+/// for the largest item plus a generous key list.
+fn input_limit(item_size_max: usize) -> usize {
+    item_size_max + 64 * 1024 * 1024
+}
+
+/// Where a connection stands after a round of work.
+enum Step {
+    /// Needs more input from the socket.
+    NeedInput,
+    /// Served its share of requests; more are buffered.
+    Yield,
+    /// Output is backed up; wait for the socket to drain.
+    Blocked,
+    /// Close after the output is written.
+    Close,
+}
+
+pub struct Worker {
+    poll: Poll,
+    rx: Receiver<Conn>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    /// Connections that yielded with complete requests still buffered; served after the
+    /// current batch of events, without waiting for new readiness.
+    ready: VecDeque<usize>,
+    shared: Arc<Shared>,
+    stats: Arc<ThreadStats>,
+    limits: ParseLimits,
+}
+
+impl Worker {
+    pub fn new(poll: Poll, rx: Receiver<Conn>, shared: Arc<Shared>) -> Worker {
+        let stats = shared.stats.register();
+        let limits = ParseLimits {
+            item_size_max: shared.cfg.item_size_max,
+            cas_enabled: shared.cfg.cas_enabled,
+        };
+        Worker {
+            poll,
+            rx,
+            conns: Vec::new(),
+            free: Vec::new(),
+            ready: VecDeque::new(),
+            shared,
+            stats,
+            limits,
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let idle_check = (self.shared.cfg.idle_timeout > 0).then(|| Duration::from_secs(1));
+        loop {
+            let timeout = if self.ready.is_empty() { idle_check } else { Some(Duration::ZERO) };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("worker poll failed: {e}");
+                    break;
+                }
+            }
+            if self.shared.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKE {
+                    self.adopt_new();
+                } else {
+                    self.drive(ev.token().0);
+                }
+            }
+            for _ in 0..self.ready.len() {
+                if let Some(idx) = self.ready.pop_front() {
+                    self.drive(idx);
+                }
+            }
+            if idle_check.is_some() {
+                self.kick_idle();
+            }
+        }
+        for idx in 0..self.conns.len() {
+            self.close(idx);
+        }
+    }
+
+    fn adopt_new(&mut self) {
+        while let Ok(mut conn) = self.rx.try_recv() {
+            let idx = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+            };
+            if let Err(e) = self.poll.registry().register(&mut conn.stream, Token(idx), Interest::READABLE) {
+                log::warn!("cannot register connection: {e}");
+                self.shared.curr_conns.fetch_sub(1, Ordering::Relaxed);
+                self.free.push(idx);
+                continue;
+            }
+            self.shared.register_conn(Arc::clone(&conn.info));
+            self.conns[idx] = Some(conn);
+            // Data may have arrived before registration; edge-triggered polling would not
+            // report it again.
+            self.drive(idx);
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        if let Some(mut conn) = self.conns.get_mut(idx).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.shared.unregister_conn(conn.info.fd);
+            self.shared.curr_conns.fetch_sub(1, Ordering::Relaxed);
+            self.free.push(idx);
+            log::debug!("<{} connection closed.", conn.info.fd);
+        }
+    }
+
+    fn kick_idle(&mut self) {
+        let limit = self.shared.cfg.idle_timeout;
+        let now = self.shared.now();
+        for idx in 0..self.conns.len() {
+            let idle = match &self.conns[idx] {
+                Some(c) => now.saturating_sub(c.info.last_cmd.load(Ordering::Relaxed)) > limit,
+                None => false,
+            };
+            if idle {
+                bump(&self.stats.idle_kicks, 1);
+                self.close(idx);
+            }
+        }
+    }
+
+    /// Serves one connection as far as it can go without blocking.
+    fn drive(&mut self, idx: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let shared = &*self.shared;
+        let stats = &*self.stats;
+        let ctx = Ctx { shared, stats, now: shared.now(), fd: conn.info.fd };
+        let max_input = input_limit(shared.cfg.item_size_max);
+        let mut dead = false;
+        let step = loop {
+            let step = process(conn, &ctx, &self.limits, shared.cfg.reqs_per_event);
+            match conn.flush() {
+                Ok(n) => bump(&stats.bytes_written, n as u64),
+                Err(_) => {
+                    dead = true;
+                    break Step::Close;
+                }
+            }
+            match step {
+                Step::NeedInput if conn.pending_output() > OUTPUT_HIGH_WATER => break Step::Blocked,
+                Step::NeedInput => {}
+                Step::Blocked if conn.pending_output() == 0 => continue,
+                other => break other,
+            }
+            if conn.eof {
+                break Step::Close;
+            }
+            if conn.buffered() > max_input {
+                log::warn!("<{} request larger than {max_input} bytes, closing", conn.info.fd);
+                break Step::Close;
+            }
+            match conn.read_some() {
+                ReadOutcome::Data(n) => bump(&stats.bytes_read, n as u64),
+                ReadOutcome::WouldBlock => break Step::NeedInput,
+                ReadOutcome::Eof => conn.eof = true,
+            }
+        };
+        let wants_write = conn.pending_output() > 0;
+        match step {
+            Step::Close if dead || !wants_write => {
+                self.close(idx);
+                return;
+            }
+            Step::Close => conn.closing = true,
+            Step::Yield => {
+                bump(&stats.conn_yields, 1);
+                self.ready.push_back(idx);
+            }
+            Step::NeedInput | Step::Blocked => {}
+        }
+        if conn.pending_output() == 0 {
+            conn.shrink_idle();
+        }
+        if wants_write != conn.write_interest {
+            let interest = if wants_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self.poll.registry().reregister(&mut conn.stream, Token(idx), interest).is_err() {
+                self.close(idx);
+                return;
+            }
+            conn.write_interest = wants_write;
+        }
+    }
+}
+
+/// Executes buffered requests until input runs out, the per-wake-up budget is spent, or
+/// output backs up.
+fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: usize) -> Step {
+    let mut served = 0;
+    let mut touched = false;
+    let step = loop {
+        conn.swallow_buffered();
+        if conn.closing {
+            break Step::Close;
+        }
+        if conn.swallow > 0 || conn.buffered() == 0 {
+            break Step::NeedInput;
+        }
+        if conn.pending_output() > OUTPUT_HIGH_WATER {
+            break Step::Blocked;
+        }
+        if served >= budget {
+            break Step::Yield;
+        }
+        let (input, out) = conn.io_split();
+        let (req, consumed) = match parse(input, limits) {
+            Parsed::Incomplete => break Step::NeedInput,
+            Parsed::Complete { req, consumed } => (req, consumed),
+        };
+        if log::log_enabled!(log::Level::Debug) {
+            let line = input[..consumed].split(|&b| b == b'\n').next().unwrap_or_default();
+            log::debug!("<{} {}", ctx.fd, String::from_utf8_lossy(line).trim_end());
+        }
+        let after = execute(ctx, req, out);
+        conn.consume(consumed);
+        touched = true;
+        served += 1;
+        match after {
+            After::Continue => {}
+            After::Swallow(n) => conn.swallow = n,
+            After::Close => conn.closing = true,
+        }
+    };
+    if touched {
+        conn.info.last_cmd.store(ctx.now, Ordering::Relaxed);
+    }
+    step
+}
