@@ -1,6 +1,7 @@
 //! Wire formats as pure functions over byte slices: the classic text protocol's request
 //! parser and the response writers. Nothing here touches a socket.
 
+pub mod repl;
 pub mod response;
 pub mod text;
 

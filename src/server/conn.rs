@@ -122,12 +122,6 @@ impl Conn {
         }
     }
 
-    /// The received, unparsed bytes.
-    #[inline]
-    pub fn input(&self) -> &[u8] {
-        &self.rbuf[self.rpos..self.rlen]
-    }
-
     /// The unparsed input and the output buffer, borrowed together so a request parsed
     /// from the one can be answered into the other without copying.
     #[inline]
