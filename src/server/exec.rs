@@ -39,10 +39,18 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
     let st = ctx.stats;
     let cas_on = ctx.shared.cfg.cas_enabled;
     match req {
-        Request::Get { keys: list, cas, touch } => {
+        Request::Get {
+            keys: list,
+            cas,
+            touch,
+        } => {
             for key in keys(list) {
                 let emit = |it: &crate::storage::ItemRef| {
-                    let c = if cas { Some(if cas_on { it.version } else { 0 }) } else { None };
+                    let c = if cas {
+                        Some(if cas_on { it.version } else { 0 })
+                    } else {
+                        None
+                    };
                     write_value(out, key, it.flags, it.value, c);
                 };
                 let (lookup, hit) = match touch {
@@ -71,7 +79,15 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
             out.extend_from_slice(b"END\r\n");
             After::Continue
         }
-        Request::Store { cmd, key, flags, exptime, value, cas_unique, noreply } => {
+        Request::Store {
+            cmd,
+            key,
+            flags,
+            exptime,
+            value,
+            cas_unique,
+            noreply,
+        } => {
             bump(&st.cmd_set, 1);
             let outcome = store.store(cmd, key, flags, exptime, value, cas_unique, ctx.now);
             if cmd == StoreCmd::Cas {
@@ -99,7 +115,12 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
             reply(out, noreply, msg);
             After::Continue
         }
-        Request::StoreTooLarge { cmd, key, noreply, swallow } => {
+        Request::StoreTooLarge {
+            cmd,
+            key,
+            noreply,
+            swallow,
+        } => {
             bump(&st.store_too_large, 1);
             // memcached drops the old value of a refused `set` so a stale copy cannot be
             // read back as if the write had not happened.
@@ -119,7 +140,12 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
             }
             After::Continue
         }
-        Request::Arith { incr, key, delta, noreply } => {
+        Request::Arith {
+            incr,
+            key,
+            delta,
+            noreply,
+        } => {
             match store.arith(key, incr, delta, ctx.now) {
                 ArithOutcome::Value(v) => {
                     bump(if incr { &st.incr_hits } else { &st.decr_hits }, 1);
@@ -129,7 +155,14 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
                     }
                 }
                 ArithOutcome::NotFound => {
-                    bump(if incr { &st.incr_misses } else { &st.decr_misses }, 1);
+                    bump(
+                        if incr {
+                            &st.incr_misses
+                        } else {
+                            &st.decr_misses
+                        },
+                        1,
+                    );
                     reply(out, noreply, b"NOT_FOUND");
                 }
                 ArithOutcome::NonNumeric => reply(
@@ -141,7 +174,11 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
             }
             After::Continue
         }
-        Request::Touch { key, exptime, noreply } => {
+        Request::Touch {
+            key,
+            exptime,
+            noreply,
+        } => {
             bump(&st.cmd_touch, 1);
             if store.touch(key, exptime, ctx.now) {
                 bump(&st.touch_hits, 1);
@@ -191,9 +228,17 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
         }
         Request::CacheMemlimit { megabytes, noreply } => {
             if megabytes < 8 {
-                reply(out, noreply, b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m");
+                reply(
+                    out,
+                    noreply,
+                    b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m",
+                );
             } else if megabytes > 1_000_000_000 {
-                reply(out, noreply, b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes");
+                reply(
+                    out,
+                    noreply,
+                    b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes",
+                );
             } else {
                 store.set_memory_limit((megabytes as usize).saturating_mul(1024 * 1024));
                 reply(out, noreply, b"OK");

@@ -64,8 +64,12 @@ pub fn bind_all(cfg: &Config) -> Result<Vec<Listener>, String> {
                 let _ = std::fs::remove_file(path);
             }
         }
-        let l = UnixListener::bind(path)
-            .map_err(|e| format!("failed to listen on UNIX socket \"{}\": {e}", path.display()))?;
+        let l = UnixListener::bind(path).map_err(|e| {
+            format!(
+                "failed to listen on UNIX socket \"{}\": {e}",
+                path.display()
+            )
+        })?;
         use std::os::unix::fs::PermissionsExt;
         let mode = cfg.unix_mask & 0o777;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -54,7 +54,9 @@ fn serve(cfg: Config) -> Result<(), String> {
     }));
     let shared = Arc::new(Shared::new(cfg, store));
     shared.listeners.store(listeners.len(), Ordering::Relaxed);
-    shared.total_conns.store(listeners.len() as u64, Ordering::Relaxed);
+    shared
+        .total_conns
+        .store(listeners.len() as u64, Ordering::Relaxed);
     {
         let mut info = crate::stats::lock(&shared.listen_info);
         for l in &listeners {
@@ -64,7 +66,8 @@ fn serve(cfg: Config) -> Result<(), String> {
     }
 
     let mut poll = Poll::new().map_err(|e| format!("cannot create event loop: {e}"))?;
-    let waker = Waker::new(poll.registry(), WAKE).map_err(|e| format!("cannot create waker: {e}"))?;
+    let waker =
+        Waker::new(poll.registry(), WAKE).map_err(|e| format!("cannot create waker: {e}"))?;
     let _ = shared.listener_waker.set(waker);
 
     // Signals arrive as bytes on a socket pair that the listener's event loop watches.
@@ -72,7 +75,8 @@ fn serve(cfg: Config) -> Result<(), String> {
     sig_rx.set_nonblocking(true).map_err(|e| e.to_string())?;
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         let tx = sig_tx.try_clone().map_err(|e| e.to_string())?;
-        signal_hook::low_level::pipe::register(sig, tx).map_err(|e| format!("signal setup: {e}"))?;
+        signal_hook::low_level::pipe::register(sig, tx)
+            .map_err(|e| format!("signal setup: {e}"))?;
     }
     // A client going away mid-write must not kill the process.
     // SAFETY: setting SIGPIPE to ignore is async-signal-safe and process-wide by design.
@@ -112,8 +116,12 @@ fn serve(cfg: Config) -> Result<(), String> {
     let mut listeners = listeners;
     for (i, l) in listeners.iter_mut().enumerate() {
         let r = match l {
-            listener::Listener::Tcp(t, _) => poll.registry().register(t, Token(i), Interest::READABLE),
-            listener::Listener::Unix(u, _) => poll.registry().register(u, Token(i), Interest::READABLE),
+            listener::Listener::Tcp(t, _) => {
+                poll.registry().register(t, Token(i), Interest::READABLE)
+            }
+            listener::Listener::Unix(u, _) => {
+                poll.registry().register(u, Token(i), Interest::READABLE)
+            }
         };
         r.map_err(|e| format!("cannot watch listener: {e}"))?;
     }

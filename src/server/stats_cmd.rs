@@ -83,9 +83,17 @@ fn general(ctx: &Ctx, out: &mut Vec<u8>) {
     let listeners = sh.listeners.load(Ordering::Relaxed);
     stat(out, "max_connections", sh.cfg.max_conns);
     stat(out, "curr_connections", curr);
-    stat(out, "total_connections", sh.total_conns.load(Ordering::Relaxed));
+    stat(
+        out,
+        "total_connections",
+        sh.total_conns.load(Ordering::Relaxed),
+    );
     if sh.cfg.maxconns_fast {
-        stat(out, "rejected_connections", sh.rejected_conns.load(Ordering::Relaxed));
+        stat(
+            out,
+            "rejected_connections",
+            sh.rejected_conns.load(Ordering::Relaxed),
+        );
     }
     stat(out, "connection_structures", curr + listeners);
     stat(out, "cmd_get", c.cmd_get);
@@ -118,8 +126,16 @@ fn general(ctx: &Ctx, out: &mut Vec<u8>) {
     stat(out, "bytes_read", c.bytes_read);
     stat(out, "bytes_written", c.bytes_written);
     stat(out, "limit_maxbytes", s.memory_limit);
-    stat(out, "accepting_conns", u8::from(sh.accepting.load(Ordering::Relaxed)));
-    stat(out, "listen_disabled_num", sh.listen_disabled.load(Ordering::Relaxed));
+    stat(
+        out,
+        "accepting_conns",
+        u8::from(sh.accepting.load(Ordering::Relaxed)),
+    );
+    stat(
+        out,
+        "listen_disabled_num",
+        sh.listen_disabled.load(Ordering::Relaxed),
+    );
     stat(out, "time_in_listen_disabled_us", 0);
     stat(out, "threads", sh.cfg.threads);
     stat(out, "conn_yields", c.conn_yields);
@@ -127,7 +143,11 @@ fn general(ctx: &Ctx, out: &mut Vec<u8>) {
     stat(out, "hash_bytes", s.hash_bytes);
     stat(out, "hash_is_expanding", 0);
     stat(out, "lru_crawler_running", 0);
-    stat(out, "lru_crawler_starts", sh.reaper_runs.load(Ordering::Relaxed));
+    stat(
+        out,
+        "lru_crawler_starts",
+        sh.reaper_runs.load(Ordering::Relaxed),
+    );
     stat(out, "malloc_fails", 0);
     stat(out, "bytes", s.bytes);
     stat(out, "curr_items", s.curr_items);
@@ -197,7 +217,11 @@ fn settings(ctx: &Ctx, out: &mut Vec<u8>) {
     stat(out, "udpport", cfg.udp_port);
     let inter = cfg.listen_spec.as_deref().unwrap_or("NULL");
     stat(out, "inter", inter);
-    stat(out, "verbosity", ctx.shared.verbosity.load(Ordering::Relaxed));
+    stat(
+        out,
+        "verbosity",
+        ctx.shared.verbosity.load(Ordering::Relaxed),
+    );
     stat(out, "oldest", ctx.shared.store.oldest_live());
     stat(out, "evictions", if cfg.evictions { "on" } else { "off" });
     match &cfg.unix_socket {
@@ -206,7 +230,11 @@ fn settings(ctx: &Ctx, out: &mut Vec<u8>) {
     }
     stat(out, "umask", format_args!("{:o}", cfg.unix_mask));
     stat(out, "shutdown_command", yes_no(cfg.enable_shutdown));
-    stat(out, "growth_factor", format_args!("{:.2}", cfg.growth_factor));
+    stat(
+        out,
+        "growth_factor",
+        format_args!("{:.2}", cfg.growth_factor),
+    );
     stat(out, "chunk_size", cfg.chunk_size);
     stat(out, "num_threads", cfg.threads);
     stat(out, "num_threads_per_udp", cfg.threads);
@@ -307,9 +335,17 @@ fn conns(ctx: &Ctx, out: &mut Vec<u8>) {
     for (fd, info) in lock(&ctx.shared.conns).iter() {
         stat(out, &format!("{fd}:addr"), &info.addr);
         stat(out, &format!("{fd}:listen_addr"), &info.listen_addr);
-        let state = if *fd == ctx.fd { "conn_parse_cmd" } else { "conn_waiting" };
+        let state = if *fd == ctx.fd {
+            "conn_parse_cmd"
+        } else {
+            "conn_waiting"
+        };
         stat(out, &format!("{fd}:state"), state);
         let last = info.last_cmd.load(Ordering::Relaxed);
-        stat(out, &format!("{fd}:secs_since_last_cmd"), now.saturating_sub(last));
+        stat(
+            out,
+            &format!("{fd}:secs_since_last_cmd"),
+            now.saturating_sub(last),
+        );
     }
 }

@@ -80,7 +80,11 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         let idle_check = (self.shared.cfg.idle_timeout > 0).then(|| Duration::from_secs(1));
         loop {
-            let timeout = if self.ready.is_empty() { idle_check } else { Some(Duration::ZERO) };
+            let timeout = if self.ready.is_empty() {
+                idle_check
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("worker poll failed: {e}");
@@ -120,7 +124,11 @@ impl Worker {
                     self.conns.len() - 1
                 }
             };
-            if let Err(e) = self.poll.registry().register(&mut conn.stream, Token(idx), Interest::READABLE) {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut conn.stream, Token(idx), Interest::READABLE)
+            {
                 log::warn!("cannot register connection: {e}");
                 self.shared.curr_conns.fetch_sub(1, Ordering::Relaxed);
                 self.free.push(idx);
@@ -166,7 +174,12 @@ impl Worker {
         };
         let shared = &*self.shared;
         let stats = &*self.stats;
-        let ctx = Ctx { shared, stats, now: shared.now(), fd: conn.info.fd };
+        let ctx = Ctx {
+            shared,
+            stats,
+            now: shared.now(),
+            fd: conn.info.fd,
+        };
         let max_input = input_limit(shared.cfg.item_size_max);
         let mut dead = false;
         let step = loop {
@@ -179,7 +192,9 @@ impl Worker {
                 }
             }
             match step {
-                Step::NeedInput if conn.pending_output() > OUTPUT_HIGH_WATER => break Step::Blocked,
+                Step::NeedInput if conn.pending_output() > OUTPUT_HIGH_WATER => {
+                    break Step::Blocked
+                }
                 Step::NeedInput => {}
                 Step::Blocked if conn.pending_output() == 0 => continue,
                 other => break other,
@@ -188,7 +203,10 @@ impl Worker {
                 break Step::Close;
             }
             if conn.buffered() > max_input {
-                log::warn!("<{} request larger than {max_input} bytes, closing", conn.info.fd);
+                log::warn!(
+                    "<{} request larger than {max_input} bytes, closing",
+                    conn.info.fd
+                );
                 break Step::Close;
             }
             match conn.read_some() {
@@ -219,7 +237,12 @@ impl Worker {
             } else {
                 Interest::READABLE
             };
-            if self.poll.registry().reregister(&mut conn.stream, Token(idx), interest).is_err() {
+            if self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(idx), interest)
+                .is_err()
+            {
                 self.close(idx);
                 return;
             }
@@ -253,7 +276,10 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: usize) -> S
             Parsed::Complete { req, consumed } => (req, consumed),
         };
         if log::log_enabled!(log::Level::Debug) {
-            let line = input[..consumed].split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = input[..consumed]
+                .split(|&b| b == b'\n')
+                .next()
+                .unwrap_or_default();
             log::debug!("<{} {}", ctx.fd, String::from_utf8_lossy(line).trim_end());
         }
         let after = execute(ctx, req, out);
