@@ -1,6 +1,7 @@
 //! repcached: a memcached-compatible cache server that runs alone or as a replicating pair.
 
 pub mod config;
+pub mod daemon;
 pub mod protocol;
 pub mod server;
 pub mod stats;

@@ -1,6 +1,7 @@
-//! The `repcached` binary: arguments to configuration, logging, run, exit code.
+//! The `repcached` binary: arguments to configuration, logging, process set-up, run, exit code.
 
 use repcached::config::{self, Command};
+use repcached::daemon;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,5 +16,40 @@ fn main() {
             std::process::exit(config::EXIT_USAGE);
         }
     };
-    std::process::exit(repcached::server::run(*cfg));
+    init_logging(cfg.verbose);
+    for w in config::warnings(&cfg) {
+        log::warn!("{w}");
+    }
+    // memcached's rule, kept out of parse_args so its tests do not depend on who runs them:
+    // a cache server has no business running as root, so root must name the user to become.
+    if daemon::is_root() && cfg.user.is_none() {
+        eprintln!("repcached: can't run as root without the -u switch");
+        std::process::exit(config::EXIT_USAGE);
+    }
+    if let Err(e) = daemon::prepare(&cfg) {
+        eprintln!("repcached: {e}");
+        std::process::exit(daemon::EXIT_OSERR);
+    }
+    let pidfile = cfg.pidfile.clone();
+    let code = repcached::server::run(*cfg);
+    daemon::remove_pidfile(pidfile.as_deref());
+    std::process::exit(code);
+}
+
+/// `-v` sets the level (none: warn, -v: info, -vv: debug, -vvv: trace); RUST_LOG, when set,
+/// overrides it with env_logger's usual filter syntax.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    // Only fails if a logger is already installed, which nothing here does.
+    let _ = builder.try_init();
 }
