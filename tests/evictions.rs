@@ -1,0 +1,94 @@
+//! Memory limit: with a small -m, filling past it evicts the oldest items (and counts them);
+//! with -M the server refuses new items with SERVER_ERROR out of memory instead.
+
+mod common;
+
+use common::{assert_bytes, stat_u64, Conn, Server};
+
+const VALUE_LEN: usize = 1000;
+
+/// Stores `n` keys `key0..` with 1000-byte values, pipelined in batches; returns each reply line.
+fn fill(c: &mut Conn, n: usize) -> Vec<Vec<u8>> {
+    let value = vec![b'v'; VALUE_LEN];
+    let mut replies = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let mut req = Vec::new();
+        for i in chunk {
+            req.extend_from_slice(format!("set key{i} 0 0 {VALUE_LEN}\r\n").as_bytes());
+            req.extend_from_slice(&value);
+            req.extend_from_slice(b"\r\n");
+        }
+        c.send(&req);
+        for _ in chunk {
+            replies.push(c.read_line());
+        }
+    }
+    replies
+}
+
+fn present(c: &mut Conn, i: usize) -> bool {
+    c.request(format!("get key{i}\r\n").as_bytes())
+        .starts_with(b"VALUE ")
+}
+
+#[test]
+fn filling_past_the_limit_evicts_the_oldest_items() {
+    let s = Server::start(&["-m", "4"]);
+    let mut c = s.connect();
+    // About 10 MB of items into a 4 MB cache.
+    let n = 10_000;
+    for (i, r) in fill(&mut c, n).iter().enumerate() {
+        assert_bytes(r, b"STORED\r\n");
+        let _ = i;
+    }
+    let st = s.stats("");
+    let evictions = stat_u64(&st, "evictions");
+    assert!(
+        evictions > 0,
+        "no evictions after storing {n} items in 4 MB"
+    );
+    let curr = stat_u64(&st, "curr_items");
+    assert!(curr < n as u64, "all {n} items still resident");
+    assert_eq!(stat_u64(&st, "total_items"), n as u64);
+    assert!(stat_u64(&st, "bytes") <= 4 * 1024 * 1024, "bytes over -m");
+    // Oldest gone, most recent present.
+    assert!(!present(&mut c, 0), "the first key survived");
+    assert!(!present(&mut c, 1), "the second key survived");
+    for i in n - 50..n {
+        assert!(present(&mut c, i), "recent key{i} was evicted");
+    }
+    // Evictions keep counting as we write more.
+    fill(&mut c, 2000);
+    assert!(stat_u64(&s.stats(""), "evictions") > evictions);
+}
+
+#[test]
+fn disabled_evictions_give_out_of_memory() {
+    let s = Server::start(&["-m", "4", "-M"]);
+    let mut c = s.connect();
+    let replies = fill(&mut c, 10_000);
+    let oom = b"SERVER_ERROR out of memory storing object\r\n";
+    let first_oom = replies
+        .iter()
+        .position(|r| r.as_slice() == oom)
+        .unwrap_or_else(|| panic!("no out-of-memory reply: last was {:?}", replies.last()));
+    assert!(
+        first_oom > 100,
+        "memory ran out after only {first_oom} items"
+    );
+    for r in &replies[..first_oom] {
+        assert_bytes(r, b"STORED\r\n");
+    }
+    // The data of refused items was swallowed: the connection is still in sync.
+    assert_bytes(
+        &c.request(b"get key0\r\n"),
+        &common::value_reply("key0", 0, &[b'v'; VALUE_LEN]),
+    );
+    let st = s.stats("");
+    assert_eq!(stat_u64(&st, "evictions"), 0);
+    assert!(stat_u64(&st, "store_no_memory") > 0);
+    assert_eq!(
+        s.stats("settings").get("evictions").map(String::as_str),
+        Some("off")
+    );
+}
