@@ -2,9 +2,17 @@
 //! LRU eviction, expiry and flush rules. Pure data structures: no sockets, no threads.
 
 pub mod hlc;
+mod item;
+mod shard;
 mod store;
+#[cfg(test)]
+mod tests;
 
-pub use store::{ArithOutcome, ItemRef, Lookup, Store, StoreConfig, StoreOutcome, StoreStats};
+pub use item::{memcached_item_size, realtime, REALTIME_MAXDELTA};
+pub use store::{
+    ArithOutcome, FlushState, ItemRef, Lookup, Store, StoreConfig, StoreOutcome, StoreStats,
+    REAP_BATCH,
+};
 
 /// Which storage command a write carries (memcached's `NREAD_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,4 +30,7 @@ pub enum StoreCmd {
 /// must not call back into the store.
 pub trait ChangeSink: Send + Sync {
     fn changed(&self, key: &[u8]);
+
+    /// A `flush_all` changed the flush watermarks (called without any shard lock).
+    fn flushed(&self, _state: FlushState) {}
 }

@@ -1,6 +1,14 @@
-//! The sharded store and its public operations.
+//! The sharded store and its public operations: memcached's storage semantics over
+//! versioned items, global memory accounting, LRU eviction, expiry and flush.
 
-use super::StoreCmd;
+use super::hlc::{self, ClockFn, Hlc};
+use super::item::{self, realtime};
+use super::shard::{self, Dead, FlushView, Shard, BIT_ACTIVE, BIT_FETCHED, NIL};
+use super::{ChangeSink, StoreCmd};
+use hashbrown::DefaultHashBuilder;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Sizing and policy of a store.
 #[derive(Clone, Debug)]
@@ -38,6 +46,12 @@ pub struct ItemRef<'a> {
     pub exptime: u32,
     /// The item's version, which is its CAS value.
     pub version: u64,
+    /// The CAS value to show clients: the version, or 0 under `-C` (as memcached's `gets`).
+    pub cas: u64,
+    /// Unix seconds of the last access.
+    pub last_access: u32,
+    /// Whether the item had been read before this access.
+    pub fetched: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +77,7 @@ pub enum ArithOutcome {
 pub struct StoreStats {
     pub curr_items: u64,
     pub total_items: u64,
+    /// Accounted bytes of live items (what `memory_limit` bounds).
     pub bytes: u64,
     pub evictions: u64,
     pub reclaimed: u64,
@@ -79,47 +94,877 @@ pub struct StoreStats {
     /// Sum of key+value bytes of live items (memcached's mem_requested equivalent).
     pub mem_requested: u64,
     pub memory_limit: u64,
+    /// Lookups (by any command) that found an expired item: memcached counts these in
+    /// do_item_get for every command, not only `get`.
+    pub get_expired: u64,
+    /// Lookups (by any command) that found a flushed item.
+    pub get_flushed: u64,
+}
+
+/// The flush watermarks (memcached's `oldest_live` and `oldest_cas`), plus the version
+/// form of the time rule for replication.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushState {
+    /// Unix seconds; 0 = no flush. From this second on, items last accessed at or before
+    /// it are invisible.
+    pub oldest_live: u32,
+    /// After an immediate flush: items with a lower version are invisible (0 = none).
+    pub oldest_version: u64,
+}
+
+impl FlushState {
+    /// The time rule as a version watermark: versions created before second
+    /// `oldest_live + 1` (per their physical part). 0 when no flush is set.
+    pub fn time_watermark(&self) -> u64 {
+        if self.oldest_live == 0 {
+            return 0;
+        }
+        hlc::version_floor_at_unix_ms((u64::from(self.oldest_live) + 1) * 1000)
+    }
+}
+
+/// Items checked per `reap` call.
+pub const REAP_BATCH: usize = 2048;
+/// How many items from the LRU tail an eviction looks at for an expired one first
+/// (memcached's lru_pull_tail search depth).
+const TAIL_SEARCH: usize = 5;
+/// Store retries after making room in other shards before answering out-of-memory.
+const ROOM_RETRIES: usize = 4;
+
+enum Step<T> {
+    Done(T),
+    /// The operation needs this many more bytes than the home shard could free.
+    NeedRoom(usize),
 }
 
 pub struct Store {
-    _cfg: StoreConfig,
+    cfg: StoreConfig,
+    shards: Box<[Mutex<Shard>]>,
+    shard_mask: usize,
+    hasher: DefaultHashBuilder,
+    hlc: Hlc,
+    used: AtomicUsize,
+    limit: AtomicUsize,
+    oldest_live: AtomicU32,
+    oldest_version: AtomicU64,
+    /// memcached's process_started: absolute flush times at or before it disable flushing.
+    started: u32,
+    sink: Option<Arc<dyn ChangeSink>>,
+    evict_cursor: AtomicUsize,
+    reap_cursor: Mutex<(usize, u32)>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("cfg", &self.cfg)
+            .field("used", &self.used.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding a shard lock cannot leave the shard half-linked in a way
+    // that breaks memory safety; keep serving rather than poisoning the whole cache.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Store {
     pub fn new(cfg: StoreConfig) -> Store {
-        Store { _cfg: cfg }
+        let n = cfg.shards.max(1).next_power_of_two();
+        let hasher = DefaultHashBuilder::default();
+        let shards: Vec<Mutex<Shard>> = (0..n).map(|_| Mutex::new(Shard::new(hasher))).collect();
+        let started = (hlc::system_clock_ms() / 1000) as u32;
+        Store {
+            hlc: Hlc::new(cfg.node_id),
+            limit: AtomicUsize::new(cfg.memory_limit),
+            shard_mask: n - 1,
+            shards: shards.into_boxed_slice(),
+            hasher,
+            used: AtomicUsize::new(0),
+            oldest_live: AtomicU32::new(0),
+            oldest_version: AtomicU64::new(0),
+            // memcached sets process_started 62 s before its real start.
+            started: started.saturating_sub(62),
+            sink: None,
+            evict_cursor: AtomicUsize::new(0),
+            reap_cursor: Mutex::new((0, 0)),
+            cfg,
+        }
     }
 
+    /// Reports every successful mutation's key to `sink` (not evictions or expiry).
+    pub fn with_change_sink(mut self, sink: Arc<dyn ChangeSink>) -> Store {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Draws versions from `clock` (unix milliseconds) instead of the system clock.
+    pub fn with_clock(mut self, clock: ClockFn) -> Store {
+        self.hlc = Hlc::with_clock(self.cfg.node_id, clock);
+        self
+    }
+
+    /// Sets memcached's process start time (unix seconds) used by `flush_all <absolute>`.
+    pub fn with_start_time(mut self, unix_secs: u32) -> Store {
+        self.started = unix_secs.saturating_sub(62);
+        self
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// The clock that versions this store's items (replication observes peer versions
+    /// through it).
+    pub fn hlc(&self) -> &Hlc {
+        &self.hlc
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Accounted bytes in use right now.
+    pub fn used_bytes(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn memory_limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    pub fn flush_state(&self) -> FlushState {
+        FlushState {
+            oldest_live: self.oldest_live.load(Ordering::Acquire),
+            oldest_version: self.oldest_version.load(Ordering::Acquire),
+        }
+    }
+
+    fn flush_view(&self) -> FlushView {
+        FlushView {
+            oldest_live: self.oldest_live.load(Ordering::Acquire),
+            oldest_version: self.oldest_version.load(Ordering::Acquire),
+        }
+    }
+
+    fn hash(&self, key: &[u8]) -> (u64, usize) {
+        let h = self.hasher.hash_one(key);
+        // hashbrown uses the top 7 bits as in-bucket tags and the low bits as the bucket
+        // index; taking the shard from bits 32.. keeps both fully random within a shard.
+        (h, ((h >> 32) as usize) & self.shard_mask)
+    }
+
+    fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[i & self.shard_mask])
+    }
+
+    fn notify(&self, key: &[u8]) {
+        if let Some(s) = &self.sink {
+            s.changed(key);
+        }
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
+    fn try_reserve(&self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let limit = self.limit.load(Ordering::Acquire);
+        let mut cur = self.used.load(Ordering::Acquire);
+        loop {
+            let Some(next) = cur.checked_add(bytes) else {
+                return false;
+            };
+            if next > limit {
+                return false;
+            }
+            match self
+                .used
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Looks a key up, dropping it when expired or flushed (memcached's do_item_get).
+    fn lookup(&self, sh: &mut Shard, hash: u64, key: &[u8], now: u32) -> Result<u32, Lookup> {
+        let Some(i) = sh.find(hash, key) else {
+            return Err(Lookup::Miss);
+        };
+        let flush = self.flush_view();
+        let state = sh.slot(i).and_then(|s| shard::dead(s.data(), now, &flush));
+        match state {
+            None => Ok(i),
+            Some(d) => {
+                let freed = sh.remove(i);
+                self.release(freed);
+                if d == Dead::Flushed {
+                    sh.c.get_flushed += 1;
+                    Err(Lookup::Flushed)
+                } else {
+                    sh.c.get_expired += 1;
+                    Err(Lookup::Expired)
+                }
+            }
+        }
+    }
+
+    /// Frees one item in `sh` to make room: an expired or flushed item near the LRU tail
+    /// first, otherwise (when evictions are on) the least recently used item. `protect`
+    /// is never chosen.
+    fn evict_one(&self, sh: &mut Shard, now: u32, protect: u32) -> bool {
+        let flush = self.flush_view();
+        let mut cur = sh.tail();
+        let mut victim = NIL;
+        for _ in 0..TAIL_SEARCH {
+            if cur == NIL {
+                break;
+            }
+            if cur != protect {
+                if let Some(s) = sh.slot(cur) {
+                    if shard::dead(s.data(), now, &flush).is_some() {
+                        let unfetched = s.bits() & BIT_FETCHED == 0;
+                        let freed = sh.remove(cur);
+                        self.release(freed);
+                        sh.c.reclaimed += 1;
+                        if unfetched {
+                            sh.c.expired_unfetched += 1;
+                        }
+                        return true;
+                    }
+                }
+                if victim == NIL {
+                    victim = cur;
+                }
+            }
+            cur = sh.prev_of(cur);
+        }
+        if !self.cfg.evictions || victim == NIL {
+            return false;
+        }
+        let Some(s) = sh.slot(victim) else {
+            return false;
+        };
+        let bits = s.bits();
+        let age = now.saturating_sub(item::time(s.data()));
+        let freed = sh.remove(victim);
+        self.release(freed);
+        sh.c.evictions += 1;
+        sh.c.evicted_time = age;
+        if bits & BIT_FETCHED == 0 {
+            sh.c.evicted_unfetched += 1;
+        }
+        if bits & BIT_ACTIVE != 0 {
+            sh.c.evicted_active += 1;
+        }
+        true
+    }
+
+    /// Reserves `need` bytes, first from `credit` (room made earlier in other shards), then
+    /// by freeing items of this shard.
+    fn reserve_in(
+        &self,
+        sh: &mut Shard,
+        need: usize,
+        now: u32,
+        protect: u32,
+        credit: &mut usize,
+    ) -> bool {
+        let from_credit = need.min(*credit);
+        *credit -= from_credit;
+        let need = need - from_credit;
+        loop {
+            if self.try_reserve(need) {
+                return true;
+            }
+            if !self.evict_one(sh, now, protect) {
+                *credit += from_credit;
+                return false;
+            }
+        }
+    }
+
+    /// Makes and reserves room for `need` bytes by freeing items in the shards, one shard
+    /// lock at a time, starting from a rotating position. Returns false when nothing more
+    /// can be freed.
+    fn make_room_elsewhere(&self, need: usize, now: u32) -> bool {
+        let n = self.shards.len();
+        let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            let mut sh = self.shard(start.wrapping_add(k));
+            loop {
+                if self.try_reserve(need) {
+                    return true;
+                }
+                if !self.evict_one(&mut sh, now, NIL) {
+                    break;
+                }
+            }
+        }
+        self.try_reserve(need)
+    }
+
+    /// Runs `op` against the key's shard; when it cannot find room there, makes room in the
+    /// other shards (never holding two shard locks) and runs it again.
+    fn with_room<T>(
+        &self,
+        shard_idx: usize,
+        oom: T,
+        mut op: impl FnMut(&mut Shard, &mut usize) -> Step<T>,
+        now: u32,
+    ) -> T {
+        let mut credit = 0usize;
+        let mut result = oom;
+        for _ in 0..ROOM_RETRIES {
+            let step = {
+                let mut sh = self.shard(shard_idx);
+                let s = op(&mut sh, &mut credit);
+                if matches!(s, Step::NeedRoom(_)) && !self.cfg.evictions {
+                    sh.c.outofmemory += 1;
+                }
+                s
+            };
+            match step {
+                Step::Done(t) => {
+                    result = t;
+                    break;
+                }
+                Step::NeedRoom(bytes) => {
+                    if !self.cfg.evictions {
+                        break;
+                    }
+                    let want = bytes.saturating_sub(credit);
+                    if !self.make_room_elsewhere(want, now) {
+                        self.shard(shard_idx).c.outofmemory += 1;
+                        break;
+                    }
+                    credit += want;
+                }
+            }
+        }
+        self.release(credit);
+        result
+    }
+
+    fn item_ref<'a>(&self, s: &'a shard::Slot) -> ItemRef<'a> {
+        let d = s.data();
+        let version = item::version(d);
+        ItemRef {
+            key: s.key(),
+            value: s.value(),
+            flags: item::flags(d),
+            exptime: item::exptime(d),
+            version,
+            cas: if self.cfg.cas_enabled { version } else { 0 },
+            last_access: item::time(d),
+            fetched: s.bits() & BIT_FETCHED != 0,
+        }
+    }
+
+    /// memcached's do_item_bump: marks the item fetched (active on a repeat) and moves it to
+    /// the MRU end.
+    fn touch_access(sh: &mut Shard, i: u32, now: u32) {
+        if let Some(s) = sh.slot_mut(i) {
+            let b = s.bits();
+            let nb = if b & BIT_FETCHED == 0 {
+                b | BIT_FETCHED
+            } else {
+                b | BIT_ACTIVE
+            };
+            s.set_bits(nb);
+            item::set_time(s.data_mut(), now);
+        }
+        sh.bump(i);
+    }
+
+    /// `get`: on a hit, calls `f` with the item (before the access is recorded, so
+    /// `fetched` says whether it had been read before), marks it fetched and bumps it.
     pub fn get<R>(
         &self,
-        _key: &[u8],
-        _now: u32,
-        _f: impl FnOnce(&ItemRef) -> R,
+        key: &[u8],
+        now: u32,
+        f: impl FnOnce(&ItemRef) -> R,
     ) -> (Lookup, Option<R>) {
-        (Lookup::Miss, None)
+        let (hash, si) = self.hash(key);
+        let mut sh = self.shard(si);
+        match self.lookup(&mut sh, hash, key, now) {
+            Err(l) => (l, None),
+            Ok(i) => {
+                let r = sh.slot(i).map(|s| f(&self.item_ref(s)));
+                Self::touch_access(&mut sh, i, now);
+                (Lookup::Hit, r)
+            }
+        }
     }
 
+    /// `gat`/`gats`: a get that also sets a new exptime (memcached's item_touch; the CAS is
+    /// unchanged, as in memcached).
     pub fn get_and_touch<R>(
         &self,
-        _key: &[u8],
-        _exptime: i32,
-        _now: u32,
-        _f: impl FnOnce(&ItemRef) -> R,
+        key: &[u8],
+        exptime: i32,
+        now: u32,
+        f: impl FnOnce(&ItemRef) -> R,
     ) -> (Lookup, Option<R>) {
-        (Lookup::Miss, None)
+        let (hash, si) = self.hash(key);
+        let exp = realtime(i64::from(exptime), now);
+        let mut sh = self.shard(si);
+        match self.lookup(&mut sh, hash, key, now) {
+            Err(l) => (l, None),
+            Ok(i) => {
+                let r = sh.slot_mut(i).map(|s| {
+                    item::set_exptime(s.data_mut(), exp);
+                    f(&self.item_ref(s))
+                });
+                Self::touch_access(&mut sh, i, now);
+                self.notify(key);
+                (Lookup::Hit, r)
+            }
+        }
     }
 
+    /// `touch`: sets a new exptime on a live item. True = TOUCHED, false = NOT_FOUND.
+    pub fn touch(&self, key: &[u8], exptime: i32, now: u32) -> bool {
+        self.get_and_touch(key, exptime, now, |_| ()).0 == Lookup::Hit
+    }
+
+    /// `delete`: true = DELETED, false = NOT_FOUND.
+    pub fn delete(&self, key: &[u8], now: u32) -> bool {
+        let (hash, si) = self.hash(key);
+        let mut sh = self.shard(si);
+        match self.lookup(&mut sh, hash, key, now) {
+            Err(_) => false,
+            Ok(i) => {
+                let freed = sh.remove(i);
+                self.release(freed);
+                self.notify(key);
+                true
+            }
+        }
+    }
+
+    /// Unconditionally unlinks a key (after a too-large or failed `set`, stale data must
+    /// not survive). Not reported to the change sink: replication will send the key's
+    /// state when the caller reports the failed write as a change, if it wants to.
+    pub fn remove(&self, key: &[u8]) -> bool {
+        let (hash, si) = self.hash(key);
+        let mut sh = self.shard(si);
+        match sh.find(hash, key) {
+            None => false,
+            Some(i) => {
+                let freed = sh.remove(i);
+                self.release(freed);
+                true
+            }
+        }
+    }
+
+    /// A storage command with memcached's do_store_item semantics.
     #[allow(clippy::too_many_arguments)]
     pub fn store(
         &self,
-        _cmd: StoreCmd,
-        _key: &[u8],
-        _flags: u32,
-        _exptime: i32,
-        _value: &[u8],
-        _cas_unique: u64,
-        _now: u32,
+        cmd: StoreCmd,
+        key: &[u8],
+        flags: u32,
+        exptime: i32,
+        value: &[u8],
+        cas_unique: u64,
+        now: u32,
     ) -> StoreOutcome {
-        StoreOutcome::NotStored
+        let max = self.cfg.item_size_max;
+        let cas_on = self.cfg.cas_enabled;
+        if key.len() > item::MAX_KEY
+            || item::memcached_item_size(key.len(), value.len(), flags, cas_on) > max
+        {
+            if cmd == StoreCmd::Set {
+                self.remove(key);
+            }
+            return StoreOutcome::TooLarge;
+        }
+        let exp = realtime(i64::from(exptime), now);
+        let (hash, si) = self.hash(key);
+        let outcome = self.with_room(
+            si,
+            StoreOutcome::OutOfMemory,
+            |sh, credit| {
+                self.store_locked(
+                    sh, cmd, key, hash, flags, exp, value, cas_unique, now, credit,
+                )
+            },
+            now,
+        );
+        if outcome == StoreOutcome::OutOfMemory && cmd == StoreCmd::Set {
+            self.remove(key);
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store_locked(
+        &self,
+        sh: &mut Shard,
+        cmd: StoreCmd,
+        key: &[u8],
+        hash: u64,
+        flags: u32,
+        exp: u32,
+        value: &[u8],
+        cas_unique: u64,
+        now: u32,
+        credit: &mut usize,
+    ) -> Step<StoreOutcome> {
+        let found = self.lookup(sh, hash, key, now).ok();
+        let new_data = match (cmd, found) {
+            (StoreCmd::Add, Some(i)) => {
+                // add on an existing key only promotes it (memcached's do_item_update).
+                if let Some(s) = sh.slot_mut(i) {
+                    item::set_time(s.data_mut(), now);
+                }
+                sh.bump(i);
+                return Step::Done(StoreOutcome::NotStored);
+            }
+            (StoreCmd::Cas, None) => return Step::Done(StoreOutcome::NotFound),
+            (StoreCmd::Replace | StoreCmd::Append | StoreCmd::Prepend, None) => {
+                return Step::Done(StoreOutcome::NotStored)
+            }
+            (StoreCmd::Cas, Some(i)) => {
+                let cur = sh.slot(i).map(|s| item::version(s.data())).unwrap_or(0);
+                // Under -C memcached's items carry CAS 0, so no cas can ever match.
+                if !self.cfg.cas_enabled || cas_unique == 0 || cas_unique != cur {
+                    return Step::Done(StoreOutcome::Exists);
+                }
+                None
+            }
+            (StoreCmd::Append | StoreCmd::Prepend, Some(i)) => {
+                let Some(s) = sh.slot(i) else {
+                    return Step::Done(StoreOutcome::NotStored);
+                };
+                let old = s.value();
+                let oflags = item::flags(s.data());
+                let size = item::memcached_item_size(
+                    key.len(),
+                    old.len() + value.len(),
+                    oflags,
+                    self.cfg.cas_enabled,
+                );
+                if size > self.cfg.item_size_max {
+                    // memcached's allocation of the combined item fails: NOT_STORED.
+                    return Step::Done(StoreOutcome::NotStored);
+                }
+                let parts: [&[u8]; 2] = if cmd == StoreCmd::Append {
+                    [old, value]
+                } else {
+                    [value, old]
+                };
+                Some(item::build(
+                    key,
+                    &parts,
+                    0,
+                    item::exptime(s.data()),
+                    oflags,
+                    now,
+                ))
+            }
+            (StoreCmd::Set | StoreCmd::Replace, _) | (StoreCmd::Add, None) => None,
+        };
+        let data = match new_data {
+            Some(d) => d,
+            None => item::build(key, &[value], 0, exp, flags, now),
+        };
+        self.link(sh, key, hash, found, data, now, credit)
+            .map_done(|ok| {
+                if ok {
+                    StoreOutcome::Stored
+                } else {
+                    StoreOutcome::OutOfMemory
+                }
+            })
+    }
+
+    /// Installs `data` (version filled in here) for `key`, replacing slot `old` if given.
+    #[allow(clippy::too_many_arguments)]
+    fn link(
+        &self,
+        sh: &mut Shard,
+        key: &[u8],
+        hash: u64,
+        old: Option<u32>,
+        mut data: Box<[u8]>,
+        now: u32,
+        credit: &mut usize,
+    ) -> Step<bool> {
+        let new_cost = item::cost(data.len());
+        let old_cost = old.and_then(|i| sh.slot(i)).map(|s| s.cost()).unwrap_or(0);
+        let protect = old.unwrap_or(NIL);
+        if new_cost > old_cost && !self.reserve_in(sh, new_cost - old_cost, now, protect, credit) {
+            return Step::NeedRoom(new_cost - old_cost);
+        }
+        if old.is_none() && !sh.has_free_slot() && !self.evict_one(sh, now, NIL) {
+            self.release(new_cost);
+            return Step::Done(false);
+        }
+        item::set_version(&mut data, self.hlc.next());
+        match old {
+            Some(i) => {
+                sh.replace(i, data);
+                if old_cost > new_cost {
+                    self.release(old_cost - new_cost);
+                }
+            }
+            None => {
+                if sh.insert(hash, data, key.len()).is_none() {
+                    self.release(new_cost);
+                    return Step::Done(false);
+                }
+            }
+        }
+        self.notify(key);
+        Step::Done(true)
+    }
+
+    /// `incr`/`decr` with memcached's do_add_delta: incr wraps modulo 2^64, decr stops at
+    /// 0; a shorter result is written in place and padded with spaces (memcached keeps the
+    /// length), a longer one makes a new item. Flags and exptime are kept; the version is
+    /// new either way.
+    pub fn arith(&self, key: &[u8], incr: bool, delta: u64, now: u32) -> ArithOutcome {
+        let (hash, si) = self.hash(key);
+        self.with_room(
+            si,
+            ArithOutcome::OutOfMemory,
+            |sh, credit| {
+                let i = match self.lookup(sh, hash, key, now) {
+                    Ok(i) => i,
+                    Err(_) => return Step::Done(ArithOutcome::NotFound),
+                };
+                let Some(s) = sh.slot(i) else {
+                    return Step::Done(ArithOutcome::NotFound);
+                };
+                let Some(cur) = item::parse_number(s.value()) else {
+                    return Step::Done(ArithOutcome::NonNumeric);
+                };
+                let v = if incr {
+                    cur.wrapping_add(delta)
+                } else {
+                    cur.saturating_sub(delta)
+                };
+                let digits = v.to_string();
+                if digits.len() <= s.value().len() {
+                    let version = self.hlc.next();
+                    if let Some(s) = sh.slot_mut(i) {
+                        let klen = s.klen();
+                        let d = s.data_mut();
+                        item::set_version(d, version);
+                        item::set_time(d, now);
+                        let val = item::value_mut(d, klen);
+                        let (num, pad) = val.split_at_mut(digits.len());
+                        num.copy_from_slice(digits.as_bytes());
+                        pad.fill(b' ');
+                    }
+                    sh.bump(i);
+                    self.notify(key);
+                    return Step::Done(ArithOutcome::Value(v));
+                }
+                let d = s.data();
+                let data = item::build(
+                    key,
+                    &[digits.as_bytes()],
+                    0,
+                    item::exptime(d),
+                    item::flags(d),
+                    now,
+                );
+                match self.link(sh, key, hash, Some(i), data, now, credit) {
+                    Step::Done(true) => Step::Done(ArithOutcome::Value(v)),
+                    Step::Done(false) => Step::Done(ArithOutcome::OutOfMemory),
+                    Step::NeedRoom(b) => Step::NeedRoom(b),
+                }
+            },
+            now,
+        )
+    }
+
+    /// `flush_all [delay]` with memcached 1.6's rules (process_flush_all_command).
+    pub fn flush_all(&self, delay: i32, now: u32) {
+        let new_oldest = if delay > 0 {
+            let t = realtime(i64::from(delay), now);
+            // An absolute time at/before process start maps to memcached's relative 1,
+            // which leaves oldest_live 0: no flush at all.
+            if i64::from(delay) > item::REALTIME_MAXDELTA && t <= self.started {
+                1
+            } else {
+                t
+            }
+        } else {
+            now
+        };
+        if self.cfg.cas_enabled {
+            let live = new_oldest.saturating_sub(1);
+            if live <= now {
+                self.oldest_version
+                    .store(self.hlc.next(), Ordering::Release);
+            }
+            self.oldest_live.store(live, Ordering::Release);
+        } else {
+            self.oldest_live.store(new_oldest, Ordering::Release);
+        }
+        if let Some(s) = &self.sink {
+            s.flushed(self.flush_state());
+        }
+    }
+
+    /// Applies flush watermarks received from a peer: each only ever moves forward.
+    pub fn apply_flush_state(&self, st: FlushState) {
+        self.oldest_version
+            .fetch_max(st.oldest_version, Ordering::AcqRel);
+        self.oldest_live.fetch_max(st.oldest_live, Ordering::AcqRel);
+        self.hlc.observe(st.oldest_version);
+    }
+
+    /// A bounded background sweep: checks up to [`REAP_BATCH`] slots, continuing where the
+    /// previous call stopped, and drops expired and flushed items. Returns how many it
+    /// dropped.
+    pub fn reap(&self, now: u32) -> usize {
+        let mut cursor = self.reap_cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let flush = self.flush_view();
+        let mut budget = REAP_BATCH;
+        let mut dropped = 0;
+        let mut shards_seen = 0;
+        while budget > 0 && shards_seen <= self.shards.len() {
+            let (si, mut pos) = *cursor;
+            let mut sh = self.shard(si);
+            let end = sh.slot_count();
+            while budget > 0 && (pos as usize) < end {
+                budget -= 1;
+                let dead = sh
+                    .slot(pos)
+                    .filter(|s| s.live())
+                    .map(|s| (shard::dead(s.data(), now, &flush), s.bits()));
+                if let Some((d, bits)) = dead {
+                    sh.c.crawler_items_checked += 1;
+                    if d.is_some() {
+                        let freed = sh.remove(pos);
+                        self.release(freed);
+                        sh.c.crawler_reclaimed += 1;
+                        if bits & BIT_FETCHED == 0 {
+                            sh.c.expired_unfetched += 1;
+                        }
+                        dropped += 1;
+                    }
+                }
+                pos += 1;
+            }
+            if (pos as usize) >= end {
+                sh.maybe_shrink();
+                *cursor = ((si + 1) & self.shard_mask, 0);
+                shards_seen += 1;
+            } else {
+                *cursor = (si, pos);
+            }
+        }
+        dropped
+    }
+
+    /// Changes the memory bound (`cache_memlimit`). When lowered below what is in use,
+    /// items are evicted (LRU, one shard at a time) until the store fits, if evictions are
+    /// on; with `-M` only expired items are reclaimed and later stores fail until it fits.
+    pub fn set_memory_limit(&self, bytes: usize, now: u32) {
+        self.limit.store(bytes, Ordering::Release);
+        let n = self.shards.len();
+        let mut idle = 0;
+        let mut k = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
+        while self.used.load(Ordering::Acquire) > bytes && idle < n {
+            let mut sh = self.shard(k);
+            if self.evict_one(&mut sh, now, NIL) {
+                idle = 0;
+            } else {
+                idle += 1;
+            }
+            k = k.wrapping_add(1);
+        }
+    }
+
+    /// Visits up to `max` live items of shard `shard` from arena position `cursor`, without
+    /// changing their LRU position. Returns the cursor to continue from, or None when the
+    /// shard is done. The shard stays locked for the duration of one call.
+    pub fn visit(
+        &self,
+        shard: usize,
+        cursor: u32,
+        max: usize,
+        now: u32,
+        mut f: impl FnMut(&ItemRef),
+    ) -> Option<u32> {
+        if shard >= self.shards.len() {
+            return None;
+        }
+        let flush = self.flush_view();
+        let sh = self.shard(shard);
+        let end = sh.slot_count();
+        let mut pos = cursor as usize;
+        let mut seen = 0;
+        while pos < end && seen < max {
+            if let Some(s) = sh.slot(pos as u32) {
+                if s.live() && shard::dead(s.data(), now, &flush).is_none() {
+                    f(&self.item_ref(s));
+                    seen += 1;
+                }
+            }
+            pos += 1;
+        }
+        if pos < end {
+            Some(pos as u32)
+        } else {
+            None
+        }
+    }
+
+    /// Counters and gauges summed over the shards (one shard locked at a time).
+    pub fn stats(&self, now: u32) -> StoreStats {
+        let mut st = StoreStats {
+            memory_limit: self.limit.load(Ordering::Acquire) as u64,
+            ..StoreStats::default()
+        };
+        for m in self.shards.iter() {
+            let sh = lock(m);
+            let c = &sh.c;
+            st.curr_items += sh.items;
+            st.bytes += sh.bytes as u64;
+            st.mem_requested += sh.requested;
+            st.total_items += c.total_items;
+            st.evictions += c.evictions;
+            st.reclaimed += c.reclaimed;
+            st.expired_unfetched += c.expired_unfetched;
+            st.evicted_unfetched += c.evicted_unfetched;
+            st.evicted_active += c.evicted_active;
+            st.crawler_reclaimed += c.crawler_reclaimed;
+            st.crawler_items_checked += c.crawler_items_checked;
+            st.outofmemory += c.outofmemory;
+            st.get_expired += c.get_expired;
+            st.get_flushed += c.get_flushed;
+            st.evicted_time = st.evicted_time.max(c.evicted_time);
+            if let Some(s) = sh.slot(sh.tail()) {
+                st.oldest_item_age = st
+                    .oldest_item_age
+                    .max(now.saturating_sub(item::time(s.data())));
+            }
+        }
+        st
+    }
+}
+
+impl<T> Step<T> {
+    fn map_done<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
+        match self {
+            Step::Done(t) => Step::Done(f(t)),
+            Step::NeedRoom(b) => Step::NeedRoom(b),
+        }
     }
 }

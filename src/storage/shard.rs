@@ -1,0 +1,360 @@
+//! One shard: an arena of item slots, a hash index over them, an intrusive LRU list and the
+//! shard's counters. Everything here runs under the shard's lock; the store owns locking,
+//! global memory accounting and cross-shard eviction.
+
+use super::item;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
+
+const IDX_BITS: u32 = 24;
+const IDX_MASK: u32 = (1 << IDX_BITS) - 1;
+/// "No slot": the end of a list.
+pub(crate) const NIL: u32 = IDX_MASK;
+/// Slots per shard: indices are 24 bits so the key length and state bits can share the
+/// link words (see `Slot`). 16.7M items per shard, 4.3G with the default 256 shards.
+pub(crate) const MAX_SLOTS: usize = IDX_MASK as usize;
+
+/// The item was read at least once since it was stored.
+pub(crate) const BIT_FETCHED: u8 = 1;
+/// The item was read again after its first read (memcached's ITEM_ACTIVE).
+pub(crate) const BIT_ACTIVE: u8 = 2;
+
+/// An arena entry. `prev` carries the key length in its top byte and `next` the state bits,
+/// so a slot stays 24 bytes. A free slot has an empty buffer (no allocation) and chains the
+/// free list through `next`.
+pub(crate) struct Slot {
+    data: Box<[u8]>,
+    prev: u32,
+    next: u32,
+}
+
+impl Slot {
+    fn prev(&self) -> u32 {
+        self.prev & IDX_MASK
+    }
+    fn next(&self) -> u32 {
+        self.next & IDX_MASK
+    }
+    fn set_prev(&mut self, p: u32) {
+        self.prev = (self.prev & !IDX_MASK) | (p & IDX_MASK);
+    }
+    fn set_next(&mut self, n: u32) {
+        self.next = (self.next & !IDX_MASK) | (n & IDX_MASK);
+    }
+    pub(crate) fn klen(&self) -> usize {
+        (self.prev >> IDX_BITS) as usize
+    }
+    pub(crate) fn bits(&self) -> u8 {
+        (self.next >> IDX_BITS) as u8
+    }
+    pub(crate) fn set_bits(&mut self, b: u8) {
+        self.next = (self.next & IDX_MASK) | (u32::from(b) << IDX_BITS);
+    }
+    pub(crate) fn live(&self) -> bool {
+        !self.data.is_empty()
+    }
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.data
+    }
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+    pub(crate) fn key(&self) -> &[u8] {
+        item::key(&self.data, self.klen())
+    }
+    pub(crate) fn value(&self) -> &[u8] {
+        item::value(&self.data, self.klen())
+    }
+    pub(crate) fn cost(&self) -> usize {
+        item::cost(self.data.len())
+    }
+}
+
+/// Counters kept per shard and summed on demand.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    pub total_items: u64,
+    pub evictions: u64,
+    pub reclaimed: u64,
+    pub expired_unfetched: u64,
+    pub evicted_unfetched: u64,
+    pub evicted_active: u64,
+    pub crawler_reclaimed: u64,
+    pub crawler_items_checked: u64,
+    pub outofmemory: u64,
+    pub get_expired: u64,
+    pub get_flushed: u64,
+    pub evicted_time: u32,
+}
+
+/// Why an item is no longer visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dead {
+    Expired,
+    Flushed,
+}
+
+/// The flush watermarks as a lookup sees them (memcached's oldest_live / oldest_cas).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FlushView {
+    pub oldest_live: u32,
+    pub oldest_version: u64,
+}
+
+impl FlushView {
+    /// memcached's `item_is_flushed`: the watermark applies from `oldest_live` on, to items
+    /// last accessed at or before it, and (after an immediate flush) to every older version.
+    pub(crate) fn flushed(&self, time: u32, version: u64, now: u32) -> bool {
+        if self.oldest_live == 0 || self.oldest_live > now {
+            return false;
+        }
+        time <= self.oldest_live || (self.oldest_version != 0 && version < self.oldest_version)
+    }
+}
+
+pub(crate) fn dead(d: &[u8], now: u32, flush: &FlushView) -> Option<Dead> {
+    if flush.flushed(item::time(d), item::version(d), now) {
+        return Some(Dead::Flushed);
+    }
+    let e = item::exptime(d);
+    if e != 0 && e <= now {
+        return Some(Dead::Expired);
+    }
+    None
+}
+
+pub(crate) struct Shard {
+    hasher: DefaultHashBuilder,
+    slots: Vec<Slot>,
+    free: u32,
+    table: HashTable<u32>,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used.
+    tail: u32,
+    pub items: u64,
+    /// Accounted bytes of this shard's items.
+    pub bytes: usize,
+    /// Key + value bytes of this shard's items.
+    pub requested: u64,
+    pub c: Counters,
+}
+
+impl Shard {
+    pub(crate) fn new(hasher: DefaultHashBuilder) -> Shard {
+        Shard {
+            hasher,
+            slots: Vec::new(),
+            free: NIL,
+            table: HashTable::new(),
+            head: NIL,
+            tail: NIL,
+            items: 0,
+            bytes: 0,
+            requested: 0,
+            c: Counters::default(),
+        }
+    }
+
+    pub(crate) fn slot(&self, i: u32) -> Option<&Slot> {
+        self.slots.get(i as usize)
+    }
+    pub(crate) fn slot_mut(&mut self, i: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(i as usize)
+    }
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+    pub(crate) fn tail(&self) -> u32 {
+        self.tail
+    }
+    pub(crate) fn prev_of(&self, i: u32) -> u32 {
+        self.slot(i).map(|s| s.prev()).unwrap_or(NIL)
+    }
+
+    pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&i| {
+                slots
+                    .get(i as usize)
+                    .map(|s| s.key() == key)
+                    .unwrap_or(false)
+            })
+            .copied()
+    }
+
+    /// True when a new item can get a slot (the arena is not at its index limit).
+    pub(crate) fn has_free_slot(&self) -> bool {
+        self.free != NIL || self.slots.len() < MAX_SLOTS
+    }
+
+    fn lru_detach(&mut self, i: u32) {
+        let (p, n) = match self.slot(i) {
+            Some(s) => (s.prev(), s.next()),
+            None => return,
+        };
+        if p == NIL {
+            self.head = n;
+        } else if let Some(ps) = self.slot_mut(p) {
+            ps.set_next(n);
+        }
+        if n == NIL {
+            self.tail = p;
+        } else if let Some(ns) = self.slot_mut(n) {
+            ns.set_prev(p);
+        }
+    }
+
+    fn lru_push_head(&mut self, i: u32) {
+        let old = self.head;
+        if let Some(s) = self.slot_mut(i) {
+            s.set_prev(NIL);
+            s.set_next(old);
+        }
+        if old == NIL {
+            self.tail = i;
+        } else if let Some(os) = self.slot_mut(old) {
+            os.set_prev(i);
+        }
+        self.head = i;
+    }
+
+    /// Moves an item to the most-recently-used end.
+    pub(crate) fn bump(&mut self, i: u32) {
+        if self.head != i {
+            self.lru_detach(i);
+            self.lru_push_head(i);
+        }
+    }
+
+    /// Links a new item (the key must be absent). Returns its slot, or None when the arena
+    /// is at its index limit. The caller has reserved its cost.
+    pub(crate) fn insert(&mut self, hash: u64, data: Box<[u8]>, klen: usize) -> Option<u32> {
+        let cost = item::cost(data.len());
+        let req = (data.len() - item::HDR) as u64;
+        let slot = Slot {
+            data,
+            prev: (klen as u32) << IDX_BITS,
+            next: 0,
+        };
+        let i = if self.free != NIL {
+            let i = self.free;
+            let s = self.slots.get_mut(i as usize)?;
+            self.free = s.next();
+            *s = slot;
+            i
+        } else if self.slots.len() < MAX_SLOTS {
+            if self.slots.len() == self.slots.capacity() {
+                // Grow by a quarter, not double: the arena is per-item memory.
+                let extra = (self.slots.len() / 4).max(16);
+                self.slots.reserve_exact(extra);
+            }
+            self.slots.push(slot);
+            (self.slots.len() - 1) as u32
+        } else {
+            return None;
+        };
+        let slots = &self.slots;
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, i, |&j| {
+            slots
+                .get(j as usize)
+                .map(|s| hasher.hash_one(s.key()))
+                .unwrap_or(0)
+        });
+        self.lru_push_head(i);
+        self.items += 1;
+        self.bytes += cost;
+        self.requested += req;
+        self.c.total_items += 1;
+        Some(i)
+    }
+
+    /// Swaps in a new buffer for the same key, moving the item to the MRU end. Returns the
+    /// accounted bytes released by the old buffer.
+    pub(crate) fn replace(&mut self, i: u32, data: Box<[u8]>) -> usize {
+        let new_cost = item::cost(data.len());
+        let new_req = (data.len() - item::HDR) as u64;
+        let (old_cost, old_req) = match self.slot_mut(i) {
+            Some(s) => {
+                let old = std::mem::replace(&mut s.data, data);
+                s.set_bits(0);
+                (item::cost(old.len()), (old.len() - item::HDR) as u64)
+            }
+            None => return 0,
+        };
+        self.bytes = self.bytes + new_cost - old_cost;
+        self.requested = self.requested + new_req - old_req;
+        self.c.total_items += 1;
+        self.bump(i);
+        old_cost
+    }
+
+    /// Unlinks an item and frees its buffer. Returns the accounted bytes released.
+    pub(crate) fn remove(&mut self, i: u32) -> usize {
+        let hash = match self.slot(i) {
+            Some(s) if s.live() => self.hasher.hash_one(s.key()),
+            _ => return 0,
+        };
+        if let Ok(e) = self.table.find_entry(hash, |&j| j == i) {
+            e.remove();
+        }
+        self.lru_detach(i);
+        let free = self.free;
+        let Some(s) = self.slot_mut(i) else { return 0 };
+        let old = std::mem::take(&mut s.data);
+        s.prev = NIL;
+        s.next = free;
+        self.free = i;
+        let cost = item::cost(old.len());
+        self.items -= 1;
+        self.bytes -= cost;
+        self.requested -= (old.len() - item::HDR) as u64;
+        cost
+    }
+
+    /// Releases arena and index capacity after the shard emptied out a lot.
+    pub(crate) fn maybe_shrink(&mut self) {
+        if self.items == 0 && self.slots.len() > 1024 {
+            self.slots = Vec::new();
+            self.free = NIL;
+            self.head = NIL;
+            self.tail = NIL;
+            self.table = HashTable::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(key: &[u8], v: &[u8]) -> Box<[u8]> {
+        item::build(key, &[v], 1, 0, 0, 0)
+    }
+
+    #[test]
+    fn slot_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), item::SLOT_BYTES);
+    }
+
+    #[test]
+    fn insert_find_remove_reuse() {
+        let hb = DefaultHashBuilder::default();
+        let mut s = Shard::new(hb);
+        let h = |k: &[u8]| hb.hash_one(k);
+        let a = s.insert(h(b"a"), data(b"a", b"1"), 1);
+        let b = s.insert(h(b"bb"), data(b"bb", b"22"), 2);
+        assert_eq!(s.find(h(b"a"), b"a"), a);
+        assert_eq!(s.find(h(b"bb"), b"bb"), b);
+        assert_eq!(s.find(h(b"c"), b"c"), None);
+        let Some(ai) = a else { panic!("no slot") };
+        assert!(s.remove(ai) > 0);
+        assert_eq!(s.find(h(b"a"), b"a"), None);
+        let c = s.insert(h(b"c"), data(b"c", b"3"), 1);
+        assert_eq!(c, a, "free slot reused");
+        assert_eq!(s.items, 2);
+        assert_eq!(s.tail(), b.unwrap_or(NIL));
+    }
+}
