@@ -1297,4 +1297,172 @@ mod tests {
         );
         assert_eq!(safe_strtoull(b"-1"), None);
     }
+
+    /// xorshift64*: a tiny deterministic PRNG, so failures reproduce from the seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn check_key(k: &[u8], buf: &[u8]) {
+        assert!(
+            (1..=KEY_MAX_LENGTH).contains(&k.len()),
+            "key length {} in {:?}",
+            k.len(),
+            String::from_utf8_lossy(buf)
+        );
+        // memcached keys may hold any byte but these (a `\r` not ending the line is kept).
+        assert!(
+            !k.iter().any(|&b| b == b' ' || b == b'\n' || b == 0),
+            "{k:?}"
+        );
+    }
+
+    /// The properties every parse result must have, whatever the input.
+    pub(super) fn check_invariants(buf: &[u8]) {
+        let Parsed::Complete { req, consumed } = parse(buf, &LIMITS) else {
+            return;
+        };
+        assert!(consumed > 0 && consumed <= buf.len());
+        match req {
+            Request::Get { keys: list, .. } | Request::GetKeyTooLong { keys: list, .. } => {
+                for k in keys(list) {
+                    check_key(k, buf);
+                }
+                assert!(!list.contains(&b'\n') && !list.contains(&0));
+            }
+            Request::Store { key, value, .. } => {
+                check_key(key, buf);
+                assert!(consumed >= value.len() + 2);
+            }
+            Request::StoreTooLarge { key, swallow, .. } => {
+                check_key(key, buf);
+                assert!(swallow >= 2);
+            }
+            Request::Delete { key, .. }
+            | Request::Arith { key, .. }
+            | Request::Touch { key, .. } => check_key(key, buf),
+            Request::Stats { args } => {
+                assert!(!args.contains(&b'\n') && !args.starts_with(b" ") && !args.ends_with(b" "));
+            }
+            Request::Close if !buf.contains(&b'\n') => {
+                // The over-long-line rule: only past 2048 bytes, and the whole buffer goes.
+                assert!(buf.len() > 2048 && consumed == buf.len());
+                return;
+            }
+            _ => {}
+        }
+        // The request depends only on its own bytes: re-parsing just them gives the same
+        // answer, and any strict prefix of them is still incomplete (a line this short
+        // never triggers the over-long-line close).
+        let again = parse(&buf[..consumed], &LIMITS);
+        assert_eq!(
+            again,
+            parse(buf, &LIMITS),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..consumed])
+        );
+        if consumed <= 2048 {
+            for cut in 0..consumed {
+                assert_eq!(parse(&buf[..cut], &LIMITS), Parsed::Incomplete);
+            }
+        }
+    }
+
+    #[test]
+    fn seeded_random_mutations_keep_the_invariants() {
+        let base: Vec<Vec<u8>> = valid_requests()
+            .into_iter()
+            .filter(|r| r.len() < 200)
+            .collect();
+        const ALPHABET: &[u8] = b" \r\n\0\t\x0b+-0123456789akgnoreplyHTTP/\xff";
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        // How often each kind of outcome came up, so the test proves it reached them.
+        let (mut incomplete, mut stores, mut errors, mut closes, mut too_large) = (0, 0, 0, 0, 0);
+        for _ in 0..50_000 {
+            let mut buf = base[rng.below(base.len())].clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(buf.len() + 1);
+                match rng.below(8) {
+                    0 if at < buf.len() => buf[at] = ALPHABET[rng.below(ALPHABET.len())],
+                    1 => buf.insert(at, ALPHABET[rng.below(ALPHABET.len())]),
+                    2 if at < buf.len() => {
+                        buf.remove(at);
+                    }
+                    3 => buf.truncate(at),
+                    4 => {
+                        // Splice: the tail of another request after our head.
+                        let other = &base[rng.below(base.len())];
+                        let from = rng.below(other.len());
+                        buf.truncate(at);
+                        buf.extend_from_slice(&other[from..]);
+                    }
+                    5 => buf
+                        .splice(at..at, b" noreply".iter().copied())
+                        .for_each(drop),
+                    6 => {
+                        // Numbers at the edges memcached cares about, as a whole token.
+                        const NUMS: [&[u8]; 8] = [
+                            b" 2000000",
+                            b" 1048517",
+                            b" -1",
+                            b" 4294967296",
+                            b" 2147483645",
+                            b" 99999999999999999999",
+                            b" 0",
+                            b" 3",
+                        ];
+                        let num = NUMS[rng.below(NUMS.len())];
+                        buf.splice(at..at, num.iter().copied()).for_each(drop);
+                    }
+                    _ => {
+                        // Long runs: over-long keys, lines, numbers.
+                        let byte = ALPHABET[rng.below(ALPHABET.len())];
+                        let n = [250, 251, 2048, 2100][rng.below(4)];
+                        buf.splice(at..at, std::iter::repeat_n(byte, n))
+                            .for_each(drop);
+                    }
+                }
+            }
+            check_invariants(&buf);
+            match p(&buf) {
+                Parsed::Incomplete => incomplete += 1,
+                Parsed::Complete { req, .. } => match req {
+                    Request::Store { .. } => stores += 1,
+                    Request::Reply { .. } | Request::BadDataChunk { .. } => errors += 1,
+                    Request::Close => closes += 1,
+                    Request::StoreTooLarge { .. } => too_large += 1,
+                    _ => {}
+                },
+            }
+            // Walk the buffer as a connection would: every step makes progress.
+            let mut off = 0;
+            while let Parsed::Complete { req, consumed } = p(&buf[off..]) {
+                off += consumed;
+                assert!(off <= buf.len());
+                if req == Request::Close {
+                    break;
+                }
+                check_invariants(&buf[off..]);
+            }
+        }
+        for (what, n) in [
+            ("incomplete", incomplete),
+            ("stores", stores),
+            ("errors", errors),
+            ("closes", closes),
+            ("too large", too_large),
+        ] {
+            assert!(n >= 10, "only {n} {what} outcomes");
+        }
+    }
 }
