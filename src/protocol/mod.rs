@@ -30,6 +30,24 @@ pub enum Request<'a> {
         cas_unique: u64,
         noreply: bool,
     },
+    /// `get`/`gets`/`gat`/`gats`/`bget` whose key list holds a key longer than 250 bytes.
+    /// memcached has already looked up (and, for gat/gats, touched) the keys before it,
+    /// counting them in `cmd_get`/`get_misses`/`cmd_touch`/…, when it meets the long key;
+    /// it then drops the partial response. So: process `keys` (the valid keys before the
+    /// long one, possibly empty) for their side effects and stats only, discard their
+    /// output, and reply `CLIENT_ERROR bad command line format`. Never suppressed.
+    GetKeyTooLong {
+        keys: &'a [u8],
+        cas: bool,
+        touch: Option<i32>,
+    },
+    /// A storage command whose data block arrived complete but did not end in `\r\n`.
+    /// memcached counts it in `cmd_set` (it had allocated the item) and replies
+    /// `CLIENT_ERROR bad data chunk` unless noreply. Nothing is stored. `consumed` covers
+    /// the line and the whole `<bytes>+2` block; the bytes after it are the next request.
+    BadDataChunk {
+        noreply: bool,
+    },
     /// A storage command whose item would exceed `-I`: reply
     /// `SERVER_ERROR object too large for cache` (unless noreply), delete the key when
     /// `cmd` is `Set` (stale data must not survive), then discard `swallow` bytes.
@@ -54,9 +72,17 @@ pub enum Request<'a> {
         exptime: i32,
         noreply: bool,
     },
-    /// `flush_all [delay] [noreply]`; `delay` is 0 when absent.
+    /// `flush_all [delay] [noreply]`; `delay` is 0 when absent. With `-F` the server
+    /// replies `CLIENT_ERROR flush_all not allowed` instead (still counting `cmd_flush`).
     FlushAll {
         delay: i32,
+        noreply: bool,
+    },
+    /// `flush_all` whose delay token is not a number. memcached counts `cmd_flush` and
+    /// checks `-F` before parsing the delay, so the server replies
+    /// `CLIENT_ERROR flush_all not allowed` under `-F`, otherwise
+    /// `CLIENT_ERROR invalid exptime argument`; both suppressed by noreply.
+    FlushAllInvalid {
         noreply: bool,
     },
     /// `stats [args…]`: the raw argument text after `stats`, trimmed of spaces.
@@ -64,15 +90,25 @@ pub enum Request<'a> {
         args: &'a [u8],
     },
     Version,
+    /// `verbosity <level> [noreply]`: reply `OK`. `level` is the parsed value (memcached
+    /// clamps it to 2 when applying it).
     Verbosity {
         level: u32,
         noreply: bool,
     },
     Quit,
-    /// `shutdown [graceful]`.
+    /// `shutdown` or `shutdown graceful`. Without `-A` memcached 1.6.18 replies
+    /// `ERROR: shutdown not enabled` (sic: `ERROR:`, not `SERVER_ERROR:`).
     Shutdown {
         graceful: bool,
     },
+    /// `shutdown` with any other arguments. memcached checks `-A` first: without it the
+    /// reply is `ERROR: shutdown not enabled`, with it `CLIENT_ERROR invalid shutdown mode`.
+    ShutdownInvalid,
+    /// `cache_memlimit <MB> [noreply]` with 8 <= MB <= 1_000_000_000 (the parser answers
+    /// the out-of-range and non-numeric forms itself). Reply `OK` after adjusting the
+    /// limit to `megabytes * 1024 * 1024` bytes, or
+    /// `MEMLIMIT_ADJUST_FAILED out of bounds or unable to adjust`.
     CacheMemlimit {
         megabytes: u64,
         noreply: bool,
