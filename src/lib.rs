@@ -1,5 +1,6 @@
 //! repcached: a memcached-compatible cache server that runs alone or as a replicating pair.
 
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod protocol;

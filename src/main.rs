@@ -39,12 +39,7 @@ fn main() {
 /// `-v` sets the level (none: warn, -v: info, -vv: debug, -vvv: trace); RUST_LOG, when set,
 /// overrides it with env_logger's usual filter syntax.
 fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Info,
-        2 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
+    let level = repcached::server::level_filter(u32::from(verbose));
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level);
     if let Ok(spec) = std::env::var("RUST_LOG") {

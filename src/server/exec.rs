@@ -4,7 +4,7 @@ use crate::protocol::response::{write_line, write_u64, write_value};
 use crate::protocol::text::keys;
 use crate::protocol::Request;
 use crate::stats::{bump, ThreadStats};
-use crate::storage::{ArithOutcome, Lookup, StoreCmd, StoreOutcome};
+use crate::storage::{ArithOutcome, StoreCmd, StoreOutcome};
 
 use super::shared::Shared;
 use super::stats_cmd;
@@ -37,46 +37,48 @@ fn reply(out: &mut Vec<u8>, noreply: bool, msg: &[u8]) {
 pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
     let store = &*ctx.shared.store;
     let st = ctx.stats;
-    let cas_on = ctx.shared.cfg.cas_enabled;
     match req {
         Request::Get {
             keys: list,
             cas,
             touch,
         } => {
-            for key in keys(list) {
-                let emit = |it: &crate::storage::ItemRef| {
-                    let c = if cas {
-                        Some(if cas_on { it.version } else { 0 })
-                    } else {
-                        None
-                    };
-                    write_value(out, key, it.flags, it.value, c);
-                };
-                let (lookup, hit) = match touch {
-                    None => store.get(key, ctx.now, emit),
-                    Some(exp) => store.get_and_touch(key, exp, ctx.now, emit),
-                };
-                bump(&st.cmd_get, 1);
-                match lookup {
-                    Lookup::Expired => bump(&st.get_expired, 1),
-                    Lookup::Flushed => bump(&st.get_flushed, 1),
-                    _ => {}
-                }
-                match (touch.is_some(), hit.is_some()) {
-                    (false, true) => bump(&st.get_hits, 1),
-                    (false, false) => bump(&st.get_misses, 1),
-                    (true, true) => {
-                        bump(&st.cmd_touch, 1);
-                        bump(&st.touch_hits, 1);
-                    }
-                    (true, false) => {
-                        bump(&st.cmd_touch, 1);
-                        bump(&st.touch_misses, 1);
-                    }
-                }
-            }
+            get(ctx, list, cas, touch, out);
             out.extend_from_slice(b"END\r\n");
+            After::Continue
+        }
+        Request::GetKeyTooLong {
+            keys: list,
+            cas,
+            touch,
+        } => {
+            // memcached has already looked up (and for gat, touched) the keys before the
+            // bad one when it notices it; their effects and counters stay, the reply goes.
+            let mut discard = Vec::new();
+            get(ctx, list, cas, touch, &mut discard);
+            write_line(out, b"CLIENT_ERROR bad command line format");
+            After::Continue
+        }
+        Request::BadDataChunk { noreply } => {
+            bump(&st.cmd_set, 1);
+            reply(out, noreply, b"CLIENT_ERROR bad data chunk");
+            After::Continue
+        }
+        Request::FlushAllInvalid { noreply } => {
+            bump(&st.cmd_flush, 1);
+            if ctx.shared.cfg.flush_enabled {
+                reply(out, noreply, b"CLIENT_ERROR invalid exptime argument");
+            } else {
+                reply(out, noreply, b"CLIENT_ERROR flush_all not allowed");
+            }
+            After::Continue
+        }
+        Request::ShutdownInvalid => {
+            if ctx.shared.cfg.enable_shutdown {
+                write_line(out, b"CLIENT_ERROR invalid shutdown mode");
+            } else {
+                write_line(out, b"ERROR: shutdown not enabled");
+            }
             After::Continue
         }
         Request::Store {
@@ -240,7 +242,7 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
                     b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes",
                 );
             } else {
-                store.set_memory_limit((megabytes as usize).saturating_mul(1024 * 1024));
+                store.set_memory_limit((megabytes as usize).saturating_mul(1024 * 1024), ctx.now);
                 reply(out, noreply, b"OK");
             }
             After::Continue
@@ -250,5 +252,33 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
             After::Continue
         }
         Request::Close => After::Close,
+    }
+}
+
+/// Looks up every key of a get/gets/gat/gats and appends a VALUE block per hit.
+fn get(ctx: &Ctx, list: &[u8], cas: bool, touch: Option<i32>, out: &mut Vec<u8>) {
+    let store = &*ctx.shared.store;
+    let st = ctx.stats;
+    for key in keys(list) {
+        let emit = |it: &crate::storage::ItemRef| {
+            write_value(out, key, it.flags, it.value, cas.then_some(it.cas));
+        };
+        let (_, hit) = match touch {
+            None => store.get(key, ctx.now, emit),
+            Some(exp) => store.get_and_touch(key, exp, ctx.now, emit),
+        };
+        bump(&st.cmd_get, 1);
+        match (touch.is_some(), hit.is_some()) {
+            (false, true) => bump(&st.get_hits, 1),
+            (false, false) => bump(&st.get_misses, 1),
+            (true, true) => {
+                bump(&st.cmd_touch, 1);
+                bump(&st.touch_hits, 1);
+            }
+            (true, false) => {
+                bump(&st.cmd_touch, 1);
+                bump(&st.touch_misses, 1);
+            }
+        }
     }
 }

@@ -1,11 +1,11 @@
 //! State every thread of the server reads: the configuration, runtime-adjustable settings,
 //! the coarse clock, connection bookkeeping and the stats registry.
 
+use crate::clock::unix_now;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::stats::{lock, Registry};
@@ -46,14 +46,6 @@ pub struct Shared {
     /// Wakes the listener thread so it notices `shutdown`.
     pub listener_waker: OnceLock<mio::Waker>,
     clock_stop: (Mutex<bool>, Condvar),
-}
-
-/// Current wall-clock unix seconds.
-pub fn unix_now() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
 }
 
 impl Shared {

@@ -4,6 +4,7 @@ use std::fmt::Display;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 
+use crate::protocol::response::write_line;
 use crate::stats::lock;
 
 use super::exec::Ctx;
@@ -58,6 +59,12 @@ pub fn stats(ctx: &Ctx, args: &[u8], out: &mut Vec<u8>) {
                 }
             }
         }
+        Some(b"cachedump") => {
+            if let Err(msg) = cachedump(ctx, &rest, out) {
+                write_line(out, msg.as_bytes());
+                return;
+            }
+        }
         Some(_) => {
             out.extend_from_slice(b"ERROR\r\n");
             return;
@@ -66,10 +73,62 @@ pub fn stats(ctx: &Ctx, args: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"END\r\n");
 }
 
+/// memcached caps a cachedump reply at 2 MB.
+const CACHEDUMP_MAX: usize = 2 * 1024 * 1024;
+/// memcached's MAX_NUMBER_OF_SLAB_CLASSES: class ids at or above it are illegal.
+const SLAB_CLASSES: u32 = 64;
+
+/// `stats cachedump <class> <limit>`: class 1 (the whole store here) lists its items as
+/// `ITEM <key> [<bytes> b; <expiry> s]`; other legal classes are empty.
+fn cachedump(ctx: &Ctx, args: &[&[u8]], out: &mut Vec<u8>) -> Result<(), &'static str> {
+    if !ctx.shared.cfg.dump_enabled {
+        return Err("CLIENT_ERROR stats cachedump not allowed");
+    }
+    let [class, limit] = args else {
+        return Err("CLIENT_ERROR bad command line");
+    };
+    let num = |t: &[u8]| {
+        std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.parse::<u32>().ok())
+    };
+    let (Some(class), Some(limit)) = (num(class), num(limit)) else {
+        return Err("CLIENT_ERROR bad command line format");
+    };
+    if class >= SLAB_CLASSES {
+        return Err("CLIENT_ERROR Illegal slab id");
+    }
+    if class != 1 {
+        return Ok(());
+    }
+    let store = &ctx.shared.store;
+    let start = out.len();
+    let mut left = if limit == 0 {
+        usize::MAX
+    } else {
+        limit as usize
+    };
+    'shards: for shard in 0..store.shard_count() {
+        let mut cursor = Some(0);
+        while let Some(c) = cursor {
+            if left == 0 || out.len() - start >= CACHEDUMP_MAX {
+                break 'shards;
+            }
+            cursor = store.visit(shard, c, left.min(256), ctx.now, |it| {
+                out.extend_from_slice(b"ITEM ");
+                out.extend_from_slice(it.key);
+                let _ = write!(out, " [{} b; {} s]\r\n", it.value.len(), it.exptime);
+                left -= 1;
+            });
+        }
+    }
+    Ok(())
+}
+
 fn general(ctx: &Ctx, out: &mut Vec<u8>) {
     let sh = ctx.shared;
     let c = sh.stats.sum();
-    let s = sh.store.stats();
+    let s = sh.store.stats(ctx.now);
     let (user, sys) = crate::stats::rusage();
     let now = ctx.now;
     stat(out, "pid", std::process::id());
@@ -103,8 +162,8 @@ fn general(ctx: &Ctx, out: &mut Vec<u8>) {
     stat(out, "cmd_meta", c.cmd_meta);
     stat(out, "get_hits", c.get_hits);
     stat(out, "get_misses", c.get_misses);
-    stat(out, "get_expired", c.get_expired);
-    stat(out, "get_flushed", c.get_flushed);
+    stat(out, "get_expired", s.get_expired);
+    stat(out, "get_flushed", s.get_flushed);
     stat(out, "delete_misses", c.delete_misses);
     stat(out, "delete_hits", c.delete_hits);
     stat(out, "incr_misses", c.incr_misses);
@@ -210,7 +269,7 @@ fn compat(ctx: &Ctx, out: &mut Vec<u8>, list: &[(&str, &str)]) {
 
 fn settings(ctx: &Ctx, out: &mut Vec<u8>) {
     let cfg = &ctx.shared.cfg;
-    let store = ctx.shared.store.stats();
+    let store = ctx.shared.store.stats(ctx.now);
     stat(out, "maxbytes", store.memory_limit);
     stat(out, "maxconns", cfg.max_conns);
     stat(out, "tcpport", cfg.port);
@@ -222,7 +281,7 @@ fn settings(ctx: &Ctx, out: &mut Vec<u8>) {
         "verbosity",
         ctx.shared.verbosity.load(Ordering::Relaxed),
     );
-    stat(out, "oldest", ctx.shared.store.oldest_live());
+    stat(out, "oldest", ctx.shared.store.flush_state().oldest_live);
     stat(out, "evictions", if cfg.evictions { "on" } else { "off" });
     match &cfg.unix_socket {
         Some(p) => stat(out, "domain_socket", p.display()),
@@ -239,11 +298,11 @@ fn settings(ctx: &Ctx, out: &mut Vec<u8>) {
     stat(out, "num_threads", cfg.threads);
     stat(out, "num_threads_per_udp", cfg.threads);
     stat(out, "stat_key_prefix", cfg.prefix_delimiter);
-    stat(out, "detail_enabled", "no");
+    stat(out, "detail_enabled", yes_no(cfg.detail_enabled));
     stat(out, "reqs_per_event", cfg.reqs_per_event);
     stat(out, "cas_enabled", yes_no(cfg.cas_enabled));
     stat(out, "tcp_backlog", cfg.backlog);
-    stat(out, "binding_protocol", "ascii");
+    stat(out, "binding_protocol", cfg.binding_protocol.stats_name());
     stat(out, "auth_enabled_sasl", "no");
     stat(out, "auth_enabled_ascii", "no");
     stat(out, "item_size_max", cfg.item_size_max);
@@ -258,13 +317,12 @@ fn settings(ctx: &Ctx, out: &mut Vec<u8>) {
     stat(out, "read_buf_mem_limit", 0);
     stat(out, "track_sizes", "no");
     stat(out, "inline_ascii_response", "no");
-    stat(out, "store_shards", ctx.shared.store.shard_count());
 }
 
 /// One pseudo slab class (1) stands for the whole store: there are no size classes here,
 /// so the per-class figures of memcached are reported once, for all items.
 fn items(ctx: &Ctx, out: &mut Vec<u8>) {
-    let s = ctx.shared.store.stats();
+    let s = ctx.shared.store.stats(ctx.now);
     if s.curr_items == 0 && s.evictions == 0 && s.outofmemory == 0 {
         return;
     }
@@ -300,7 +358,7 @@ fn items(ctx: &Ctx, out: &mut Vec<u8>) {
 }
 
 fn slabs(ctx: &Ctx, out: &mut Vec<u8>) {
-    let s = ctx.shared.store.stats();
+    let s = ctx.shared.store.stats(ctx.now);
     let c = ctx.shared.stats.sum();
     let active = u8::from(s.curr_items > 0);
     if active == 1 {

@@ -84,6 +84,7 @@ pub(crate) struct Counters {
     pub outofmemory: u64,
     pub get_expired: u64,
     pub get_flushed: u64,
+    pub evicted_nonzero: u64,
     pub evicted_time: u32,
 }
 
@@ -165,6 +166,19 @@ impl Shard {
     pub(crate) fn slot_count(&self) -> usize {
         self.slots.len()
     }
+    /// Hash buckets of the index (a power of two, or 0 before the first insert).
+    pub(crate) fn buckets(&self) -> usize {
+        match self.table.capacity() {
+            0 => 0,
+            c => (c * 8 / 7).next_power_of_two(),
+        }
+    }
+
+    /// Memory of the index: buckets (a u32 and a control byte each) and the slot array.
+    pub(crate) fn index_bytes(&self) -> usize {
+        self.buckets() * 5 + self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+
     pub(crate) fn tail(&self) -> u32 {
         self.tail
     }

@@ -99,6 +99,12 @@ pub struct StoreStats {
     pub get_expired: u64,
     /// Lookups (by any command) that found a flushed item.
     pub get_flushed: u64,
+    /// Evicted items that had an expiry time.
+    pub evicted_nonzero: u64,
+    /// Bytes of the index structures (hash tables and slot arrays).
+    pub hash_bytes: u64,
+    /// log2 of the total number of hash buckets.
+    pub hash_power_level: u32,
 }
 
 /// The flush watermarks (memcached's `oldest_live` and `oldest_cas`), plus the version
@@ -123,6 +129,8 @@ impl FlushState {
     }
 }
 
+/// Seconds an item stays dead before the background sweep removes it.
+const REAP_GRACE: u32 = 3;
 /// Items checked per `reap` call.
 pub const REAP_BATCH: usize = 2048;
 /// How many items from the LRU tail an eviction looks at for an expired one first
@@ -355,9 +363,13 @@ impl Store {
         };
         let bits = s.bits();
         let age = now.saturating_sub(item::time(s.data()));
+        let had_ttl = item::exptime(s.data()) != 0;
         let freed = sh.remove(victim);
         self.release(freed);
         sh.c.evictions += 1;
+        if had_ttl {
+            sh.c.evicted_nonzero += 1;
+        }
         sh.c.evicted_time = age;
         if bits & BIT_FETCHED == 0 {
             sh.c.evicted_unfetched += 1;
@@ -834,6 +846,10 @@ impl Store {
     pub fn reap(&self, now: u32) -> usize {
         let mut cursor = self.reap_cursor.lock().unwrap_or_else(|e| e.into_inner());
         let flush = self.flush_view();
+        // Items are reaped a few seconds after they die, so a client polling for an item
+        // sees it expire on access (get_expired) as with memcached, whose crawler is not
+        // this quick; memory is not at stake, as eviction takes dead items first anyway.
+        let now = now.saturating_sub(REAP_GRACE);
         let mut budget = REAP_BATCH;
         let mut dropped = 0;
         let mut shards_seen = 0;
@@ -932,6 +948,7 @@ impl Store {
             memory_limit: self.limit.load(Ordering::Acquire) as u64,
             ..StoreStats::default()
         };
+        let mut buckets = 0u64;
         for m in self.shards.iter() {
             let sh = lock(m);
             let c = &sh.c;
@@ -949,6 +966,9 @@ impl Store {
             st.outofmemory += c.outofmemory;
             st.get_expired += c.get_expired;
             st.get_flushed += c.get_flushed;
+            st.evicted_nonzero += c.evicted_nonzero;
+            st.hash_bytes += sh.index_bytes() as u64;
+            buckets += sh.buckets() as u64;
             st.evicted_time = st.evicted_time.max(c.evicted_time);
             if let Some(s) = sh.slot(sh.tail()) {
                 st.oldest_item_age = st
@@ -956,7 +976,15 @@ impl Store {
                     .max(now.saturating_sub(item::time(s.data())));
             }
         }
+        st.hash_power_level = 64 - buckets.max(1).leading_zeros() - 1;
         st
+    }
+
+    /// `stats reset`: zeroes the counters (not the gauges such as items and bytes).
+    pub fn reset_stats(&self) {
+        for m in self.shards.iter() {
+            lock(m).c = Default::default();
+        }
     }
 }
 

@@ -158,8 +158,17 @@ impl Server {
                     || lower.contains("listen");
                 return Err((bind_lost, format!("exited with {status}; stderr:\n{text}")));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(server);
+            if let Ok(probe) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                // Another test's server may have won the race for this port (and ours will
+                // fail to bind): only a server that reports our child's pid is ours.
+                match answering_pid(probe) {
+                    Some(pid) if pid == server.child.id() => return Ok(server),
+                    _ => {
+                        let _ = server.child.kill();
+                        let _ = server.child.wait();
+                        return Err((true, format!("port {port} answered by another process")));
+                    }
+                }
             }
             if Instant::now() > deadline {
                 return Err((
@@ -219,6 +228,12 @@ impl Drop for Server {
         // Child::kill signals exactly this PID (SIGKILL); wait reaps it so no zombie outlives us.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A server thread that panicked is a bug even when the test's own assertions passed:
+        // fail loudly (unless this drop is part of an unwinding test already).
+        let text = self.stderr_text();
+        if text.contains("panicked at") && !thread::panicking() {
+            panic!("server {} panicked:\n{text}", self.bin.display());
+        }
     }
 }
 
@@ -502,4 +517,23 @@ pub fn assert_bytes(got: &[u8], want: &[u8]) {
             escape(&want[..want.len().min(3000)])
         );
     }
+}
+
+/// Asks whoever listens behind `probe` for `stats` and returns the pid it reports.
+fn answering_pid(mut probe: TcpStream) -> Option<u32> {
+    probe.set_read_timeout(Some(IO_DEADLINE)).ok()?;
+    probe.write_all(b"stats\r\n").ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&got, b"END\r\n").is_none() {
+        let n = probe.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .find_map(|l| l.strip_prefix("STAT pid "))
+        .and_then(|v| v.trim().parse().ok())
 }
