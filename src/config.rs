@@ -115,6 +115,24 @@ pub struct Config {
     /// `-o maxconns_fast` (default on): over-limit connections get an error and are closed.
     /// `-o no_maxconns_fast` and `-o no_modern` clear it.
     pub maxconns_fast: bool,
+    /// `-x`: the peer of this node's pair (`host`, `host:port`, `[v6]:port`); None = alone.
+    pub peer: Option<String>,
+    /// `-X`: the replication port: where this node listens for its peer and, when `-x`
+    /// names no port, where it dials.
+    pub repl_port: u16,
+    /// `--repl-listen`: address of the replication listener (default: the first `-l`
+    /// address, or every interface).
+    pub repl_listen: Option<SocketAddr>,
+    /// `--repl-heartbeat-ms`: interval between heartbeats.
+    pub repl_heartbeat_ms: u64,
+    /// `--repl-timeout-ms`: a peer silent this long is down.
+    pub repl_timeout_ms: u64,
+    /// `--repl-bootstrap-timeout`: seconds a starting node keeps trying to finish its copy.
+    pub repl_bootstrap_timeout: u64,
+    /// `--cluster-name`: both nodes of a pair must carry the same one.
+    pub cluster_name: String,
+    /// `--repl-backlog-mb`: bound on changes waiting for the peer, in bytes.
+    pub repl_backlog: usize,
 }
 
 impl Default for Config {
@@ -153,6 +171,14 @@ impl Default for Config {
             extended: Vec::new(),
             idle_timeout: 0,
             maxconns_fast: true,
+            peer: None,
+            repl_port: 11212,
+            repl_listen: None,
+            repl_heartbeat_ms: 1000,
+            repl_timeout_ms: 3000,
+            repl_bootstrap_timeout: 60,
+            cluster_name: "repcached".to_string(),
+            repl_backlog: 64 * 1024 * 1024,
         }
     }
 }
@@ -237,8 +263,8 @@ const fn opt(
 
 use Support::{Compat, Refused, Supported};
 
-/// Every option the parser defines, in `-h` order. `-x` and `-X` are deliberately absent:
-/// they are reserved for replication (memcached's `-X` is spelled `--disable-dumping` here).
+/// Every option the parser defines, in `-h` order. `-x`/`-X` are repcached's peer and
+/// replication port, so memcached's `-X` is spelled `--disable-dumping` here.
 pub const OPTIONS: &[OptSpec] = &[
     opt("p", "port", Some("num"), "TCP port to listen on (default: 11211; 0 turns TCP off)", Supported),
     opt("U", "udp-port", Some("num"), "UDP port (default: 0, off); only 0 is accepted: no UDP yet", Supported),
@@ -292,6 +318,14 @@ pub const OPTIONS: &[OptSpec] = &[
     opt("Z", "enable-ssl", None, "TLS: not supported", Refused),
     opt("N", "napi-ids", Some("num"), "NAPI id based thread selection: not supported", Refused),
     opt("o", "extended", Some("list"), "comma-separated extended options, listed below", Supported),
+    opt("x", "peer", Some("host[:port]"), "replicate with this peer (host, IPv4, or [IPv6]; port default: -X)", Supported),
+    opt("X", "repl-port", Some("num"), "replication port: listen here for the peer, dial it here (default: 11212)", Supported),
+    opt("", "repl-listen", Some("addr"), "address of the replication listener (default: first -l address,\nor every interface)", Supported),
+    opt("", "repl-heartbeat-ms", Some("ms"), "interval between heartbeats to the peer (default: 1000)", Supported),
+    opt("", "repl-timeout-ms", Some("ms"), "declare the peer down after this long without a frame (default: 3000)", Supported),
+    opt("", "repl-bootstrap-timeout", Some("secs"), "give up a start-up copy from the peer and serve alone after this\nlong (default: 60)", Supported),
+    opt("", "cluster-name", Some("name"), "name both nodes of a pair must share (default: repcached)", Supported),
+    opt("", "repl-backlog-mb", Some("num"), "memory for changes not yet sent to the peer; beyond it the pair\nresyncs in full (default: 64)", Supported),
 ];
 
 /// Whether an extended (`-o`) option takes a value.
@@ -661,9 +695,6 @@ fn dashed(name: &str) -> String {
 fn getopts_error(f: getopts::Fail) -> CliError {
     use getopts::Fail::*;
     match f {
-        UnrecognizedOption(n) if n == "X" || n == "x" => CliError(format!(
-            "unknown option -{n} (reserved for replication; memcached's -X is --disable-dumping here)"
-        )),
         UnrecognizedOption(n) => CliError(format!("unknown option {}", dashed(&n))),
         ArgumentMissing(n) => CliError(format!("{}: missing argument", dashed(&n))),
         UnexpectedArgument(n) => CliError(format!("{}: takes no argument", dashed(&n))),
@@ -905,7 +936,67 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
         cfg.listen = parse_listen(&listen, cfg.port)?;
         cfg.listen_spec = Some(listen.join(","));
     }
+    replication_options(&m, &mut cfg)?;
     Ok(Command::Run(Box::new(cfg)))
+}
+
+fn replication_options(m: &getopts::Matches, cfg: &mut Config) -> Result<(), CliError> {
+    if let Some(v) = last(m, "X") {
+        cfg.repl_port = number("X", &v, "a TCP port number, 1-65535")?;
+        if cfg.repl_port == 0 {
+            return Err(err("X", "the replication port must not be 0".to_string()));
+        }
+    }
+    if let Some(v) = last(m, "x") {
+        if v.is_empty() || v.contains(char::is_whitespace) {
+            return Err(err("x", format!("invalid peer address '{v}'")));
+        }
+        cfg.peer = Some(v);
+    }
+    if let Some(v) = last(m, "repl-listen") {
+        let addrs = listen_entry(&v, cfg.repl_port)?;
+        cfg.repl_listen = addrs.first().copied();
+    }
+    let positive = |key: &str, what: &str| -> Result<Option<u64>, CliError> {
+        match last(m, key) {
+            None => Ok(None),
+            Some(v) => match number::<u64>(key, &v, what)? {
+                0 => Err(err(key, format!("'{v}' must be at least 1"))),
+                n => Ok(Some(n)),
+            },
+        }
+    };
+    if let Some(n) = positive("repl-heartbeat-ms", "milliseconds")? {
+        cfg.repl_heartbeat_ms = n;
+    }
+    if let Some(n) = positive("repl-timeout-ms", "milliseconds")? {
+        cfg.repl_timeout_ms = n;
+    }
+    if cfg.repl_timeout_ms <= cfg.repl_heartbeat_ms {
+        return Err(err(
+            "repl-timeout-ms",
+            format!(
+                "the peer timeout ({} ms) must be longer than the heartbeat interval ({} ms)",
+                cfg.repl_timeout_ms, cfg.repl_heartbeat_ms
+            ),
+        ));
+    }
+    if let Some(n) = positive("repl-bootstrap-timeout", "seconds")? {
+        cfg.repl_bootstrap_timeout = n;
+    }
+    if let Some(n) = positive("repl-backlog-mb", "megabytes")? {
+        cfg.repl_backlog = usize::try_from(n)
+            .ok()
+            .and_then(|n| n.checked_mul(MB))
+            .ok_or_else(|| err("repl-backlog-mb", format!("{n} is too large")))?;
+    }
+    if let Some(v) = last(m, "cluster-name") {
+        if v.is_empty() || v.len() > 255 {
+            return Err(err("cluster-name", "must be 1 to 255 bytes".to_string()));
+        }
+        cfg.cluster_name = v;
+    }
+    Ok(())
 }
 
 fn refusal(key: &str) -> &'static str {
@@ -1518,11 +1609,32 @@ mod tests {
     }
 
     #[test]
-    fn reserved_replication_letters_are_unknown() {
-        for f in ["-x", "-X"] {
-            let msg = fails(&[f], f);
-            assert!(msg.contains("unknown option"), "{msg}");
-        }
+    fn replication_options() {
+        let c = cfg(&[]);
+        assert_eq!((c.peer.as_deref(), c.repl_port), (None, 11212));
+        assert_eq!((c.repl_heartbeat_ms, c.repl_timeout_ms), (1000, 3000));
+        let c = cfg(&["-x", "[::1]:9", "-X", "7000", "--repl-listen", "127.0.0.1"]);
+        assert_eq!(c.peer.as_deref(), Some("[::1]:9"));
+        assert_eq!(c.repl_port, 7000);
+        assert_eq!(
+            c.repl_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 7000)))
+        );
+        let c = cfg(&[
+            "--repl-heartbeat-ms",
+            "100",
+            "--repl-timeout-ms",
+            "400",
+            "--cluster-name",
+            "c1",
+        ]);
+        assert_eq!((c.repl_heartbeat_ms, c.repl_timeout_ms), (100, 400));
+        assert_eq!(c.cluster_name, "c1");
+        assert_eq!(cfg(&["--repl-backlog-mb", "2"]).repl_backlog, 2 * MB);
+        assert!(fails(&["-X", "0"], "-X").contains("must not be 0"));
+        assert!(fails(&["--repl-timeout-ms", "500"], "--repl-timeout-ms").contains("longer"));
+        assert!(fails(&["--repl-heartbeat-ms", "0"], "--repl-heartbeat-ms").contains("at least 1"));
+        assert!(fails(&["--cluster-name", ""], "--cluster-name").contains("1 to 255"));
     }
 
     #[test]
@@ -1572,7 +1684,6 @@ mod tests {
         for e in EXTENDED {
             assert!(h.contains(e.name), "{} missing", e.name);
         }
-        assert!(!h.contains("-x,") && !h.contains("-X,") && !h.contains("--peer"));
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod stats;
 pub mod storage;

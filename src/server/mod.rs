@@ -7,6 +7,7 @@ mod shared;
 mod stats_cmd;
 mod worker;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use mio::net::UnixStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
+use crate::replication::{ReplConfig, Replicator};
 use crate::storage::{Store, StoreConfig};
 
 pub use shared::level_filter;
@@ -39,20 +41,117 @@ pub fn run(cfg: Config) -> i32 {
     }
 }
 
-fn serve(cfg: Config) -> Result<(), String> {
-    let listeners = listener::bind_all(&cfg)?;
-    if listeners.is_empty() {
-        return Err("nothing to listen on (-p 0 without -s)".into());
+fn repl_config(cfg: &Config, peer: &str) -> ReplConfig {
+    let listen = cfg.repl_listen.unwrap_or_else(|| {
+        let ip = cfg
+            .listen
+            .first()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        SocketAddr::new(ip, cfg.repl_port)
+    });
+    ReplConfig {
+        peer: peer.to_string(),
+        repl_port: cfg.repl_port,
+        listen,
+        heartbeat: Duration::from_millis(cfg.repl_heartbeat_ms),
+        peer_timeout: Duration::from_millis(cfg.repl_timeout_ms),
+        bootstrap_timeout: Duration::from_secs(cfg.repl_bootstrap_timeout),
+        cluster: cfg.cluster_name.clone(),
+        pending_limit: cfg.repl_backlog,
     }
-    let store = Arc::new(Store::new(StoreConfig {
+}
+
+fn serve(cfg: Config) -> Result<(), String> {
+    let repl = cfg
+        .peer
+        .as_deref()
+        .map(|p| Replicator::new(repl_config(&cfg, p)));
+    let mut store = Store::new(StoreConfig {
         memory_limit: cfg.memory_limit,
         evictions: cfg.evictions,
         item_size_max: cfg.item_size_max,
         cas_enabled: cfg.cas_enabled,
         shards: SHARDS,
-        node_id: 0,
-    }));
-    let shared = Arc::new(Shared::new(cfg, store));
+        node_id: random_node_id(),
+    });
+    if let Some(r) = &repl {
+        store = store
+            .replicated()
+            .with_change_sink(Arc::clone(&r.dirty) as Arc<dyn crate::storage::ChangeSink>);
+    }
+    let store = Arc::new(store);
+    let mut shared = Shared::new(cfg, Arc::clone(&store));
+    shared.repl = repl.clone();
+    let shared = Arc::new(shared);
+
+    // Signals set the shutdown flag (seen by a start-up still waiting for its copy) and
+    // write to a socket pair that the listener's event loop watches.
+    let (sig_rx, sig_tx) = StdUnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    sig_rx.set_nonblocking(true).map_err(|e| e.to_string())?;
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let tx = sig_tx.try_clone().map_err(|e| e.to_string())?;
+        signal_hook::low_level::pipe::register(sig, tx)
+            .map_err(|e| format!("signal setup: {e}"))?;
+        signal_hook::flag::register(sig, Arc::clone(&shared.shutdown))
+            .map_err(|e| format!("signal setup: {e}"))?;
+    }
+    // A client going away mid-write must not kill the process.
+    // SAFETY: setting SIGPIPE to ignore is async-signal-safe and process-wide by design.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+
+    let clock = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("clock".into())
+            .spawn(move || clock_loop(&shared))
+            .map_err(|e| format!("cannot start clock thread: {e}"))?
+    };
+
+    // The pair's promise: a node that has a peer copies its data before it serves, so the
+    // client ports are not even bound until the copy is complete.
+    let repl_thread = match &repl {
+        Some(r) => {
+            let h = r.start(Arc::clone(&store), Arc::clone(&shared.shutdown))?;
+            while !r.wait_ready_for(Duration::from_millis(100)) {
+                if shared.shutdown.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+            Some(h)
+        }
+        None => None,
+    };
+
+    let result = serve_clients(&shared, sig_rx);
+    shared.shutdown.store(true, Ordering::SeqCst);
+    if let Some(h) = repl_thread {
+        let _ = h.join();
+    }
+    shared.clock_stop();
+    let _ = clock.join();
+    result
+}
+
+/// A random node id for this process (1..=255); the pair renegotiates on a collision.
+fn random_node_id() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    (h.finish() % 255) as u8 + 1
+}
+
+fn serve_clients(shared: &Arc<Shared>, sig_rx: StdUnixStream) -> Result<(), String> {
+    if shared.shutdown.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let cfg = &shared.cfg;
+    let listeners = listener::bind_all(cfg)?;
+    if listeners.is_empty() {
+        return Err("nothing to listen on (-p 0 without -s)".into());
+    }
     shared.listeners.store(listeners.len(), Ordering::Relaxed);
     shared
         .total_conns
@@ -69,20 +168,6 @@ fn serve(cfg: Config) -> Result<(), String> {
     let waker =
         Waker::new(poll.registry(), WAKE).map_err(|e| format!("cannot create waker: {e}"))?;
     let _ = shared.listener_waker.set(waker);
-
-    // Signals arrive as bytes on a socket pair that the listener's event loop watches.
-    let (sig_rx, sig_tx) = StdUnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    sig_rx.set_nonblocking(true).map_err(|e| e.to_string())?;
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        let tx = sig_tx.try_clone().map_err(|e| e.to_string())?;
-        signal_hook::low_level::pipe::register(sig, tx)
-            .map_err(|e| format!("signal setup: {e}"))?;
-    }
-    // A client going away mid-write must not kill the process.
-    // SAFETY: setting SIGPIPE to ignore is async-signal-safe and process-wide by design.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
     let mut sig_rx = UnixStream::from_std(sig_rx);
     poll.registry()
         .register(&mut sig_rx, SIGNAL, Interest::READABLE)
@@ -90,13 +175,13 @@ fn serve(cfg: Config) -> Result<(), String> {
 
     let mut workers = Vec::new();
     let mut handles = Vec::new();
-    for i in 0..shared.cfg.threads.max(1) {
+    for i in 0..cfg.threads.max(1) {
         let wpoll = Poll::new().map_err(|e| format!("cannot create worker loop: {e}"))?;
         let wwaker = Arc::new(
             Waker::new(wpoll.registry(), worker::WAKE).map_err(|e| format!("waker: {e}"))?,
         );
         let (tx, rx) = crossbeam_channel::unbounded();
-        let w = worker::Worker::new(wpoll, rx, Arc::clone(&shared));
+        let w = worker::Worker::new(wpoll, rx, Arc::clone(shared));
         let h = std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || w.run())
@@ -104,14 +189,6 @@ fn serve(cfg: Config) -> Result<(), String> {
         workers.push((tx, wwaker));
         handles.push(h);
     }
-
-    let clock = {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("clock".into())
-            .spawn(move || clock_loop(&shared))
-            .map_err(|e| format!("cannot start clock thread: {e}"))?
-    };
 
     let mut listeners = listeners;
     for (i, l) in listeners.iter_mut().enumerate() {
@@ -127,8 +204,9 @@ fn serve(cfg: Config) -> Result<(), String> {
     }
     let mut dispatch = listener::Dispatcher::new(workers);
     let mut events = Events::with_capacity(64);
+    // The flag may have been set by a signal that arrived before the pipe was watched.
     while !shared.shutdown.load(Ordering::SeqCst) {
-        if let Err(e) = poll.poll(&mut events, None) {
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(500))) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
@@ -143,7 +221,7 @@ fn serve(cfg: Config) -> Result<(), String> {
                 WAKE => {}
                 Token(i) => {
                     if let Some(l) = listeners.get(i) {
-                        dispatch.accept_all(l, &shared);
+                        dispatch.accept_all(l, shared);
                     }
                 }
             }
@@ -158,9 +236,7 @@ fn serve(cfg: Config) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
-    shared.clock_stop();
-    let _ = clock.join();
-    if let Some(p) = &shared.cfg.unix_socket {
+    if let Some(p) = &cfg.unix_socket {
         let _ = std::fs::remove_file(p);
     }
     log::info!("stopped");

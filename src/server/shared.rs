@@ -39,7 +39,10 @@ pub struct Shared {
     pub listen_disabled: AtomicU64,
     /// Background expiry sweeps completed (reported as `lru_crawler_starts`).
     pub reaper_runs: AtomicU64,
-    pub shutdown: AtomicBool,
+    /// Set by SIGTERM/SIGINT or the `shutdown` command; shared with the replication thread.
+    pub shutdown: Arc<AtomicBool>,
+    /// The pair's replication, when a peer is configured.
+    pub repl: Option<Arc<crate::replication::Replicator>>,
     pub conns: Mutex<BTreeMap<i32, Arc<ConnInfo>>>,
     /// Listener descriptions (`tcp:127.0.0.1:11211`) by fd, for `stats conns`.
     pub listen_info: Mutex<Vec<(i32, String)>>,
@@ -65,7 +68,8 @@ impl Shared {
             accepting: AtomicBool::new(true),
             listen_disabled: AtomicU64::new(0),
             reaper_runs: AtomicU64::new(0),
-            shutdown: AtomicBool::new(false),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            repl: None,
             conns: Mutex::new(BTreeMap::new()),
             listen_info: Mutex::new(Vec::new()),
             listener_waker: OnceLock::new(),

@@ -7,7 +7,7 @@
 //! per millisecond before the clock borrows from the next millisecond (it then runs a
 //! little ahead of the wall clock, which HLCs tolerate).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,7 +48,8 @@ pub fn node_of(version: u64) -> u8 {
 /// A per-node hybrid logical clock. Lock-free: one atomic holds the last version issued or
 /// observed, so every shard can draw versions without a shared mutex.
 pub struct Hlc {
-    node: u8,
+    /// Changes only when the peer turns out to use the same id (see `set_node`).
+    node: AtomicU8,
     last: AtomicU64,
     clock: ClockFn,
 }
@@ -56,7 +57,7 @@ pub struct Hlc {
 impl std::fmt::Debug for Hlc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hlc")
-            .field("node", &self.node)
+            .field("node", &self.node())
             .field("last", &self.last.load(Ordering::Relaxed))
             .finish()
     }
@@ -71,14 +72,20 @@ impl Hlc {
     /// A clock on an injected time source (unix milliseconds).
     pub fn with_clock(node: u8, clock: ClockFn) -> Hlc {
         Hlc {
-            node,
+            node: AtomicU8::new(node),
             last: AtomicU64::new(0),
             clock,
         }
     }
 
     pub fn node(&self) -> u8 {
-        self.node
+        self.node.load(Ordering::Relaxed)
+    }
+
+    /// Moves this clock to another node id. Versions stay strictly increasing (the next one
+    /// is still above the last), and from now on they carry the new id.
+    pub fn set_node(&self, node: u8) {
+        self.node.store(node, Ordering::Relaxed);
     }
 
     /// A new version, strictly greater than every version this clock issued or observed,
@@ -90,7 +97,7 @@ impl Hlc {
             // Adding one logical tick to the previous value (node bits cleared) carries into
             // the physical bits when the logical counter is exhausted.
             let after_last = ((last >> NODE_BITS) + 1) << NODE_BITS;
-            let candidate = physical.max(after_last) | u64::from(self.node);
+            let candidate = physical.max(after_last) | u64::from(self.node());
             match self.last.compare_exchange_weak(
                 last,
                 candidate,

@@ -3,12 +3,14 @@
 
 pub mod hlc;
 mod item;
+mod repl;
 mod shard;
 mod store;
 #[cfg(test)]
 mod tests;
 
 pub use item::{memcached_item_size, realtime, REALTIME_MAXDELTA};
+pub use repl::{Applied, CopyCursor, RemoteState, StateRef};
 pub use store::{
     ArithOutcome, FlushState, ItemRef, Lookup, Store, StoreConfig, StoreOutcome, StoreStats,
     REAP_BATCH,

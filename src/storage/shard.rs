@@ -2,7 +2,7 @@
 //! shard's counters. Everything here runs under the shard's lock; the store owns locking,
 //! global memory accounting and cross-shard eviction.
 
-use super::item;
+use super::{hlc, item};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 
@@ -18,6 +18,9 @@ pub(crate) const MAX_SLOTS: usize = IDX_MASK as usize;
 pub(crate) const BIT_FETCHED: u8 = 1;
 /// The item was read again after its first read (memcached's ITEM_ACTIVE).
 pub(crate) const BIT_ACTIVE: u8 = 2;
+/// The slot is a deleted key's tombstone (key and version, no value): invisible to
+/// clients, kept so that an older state from the peer cannot bring the key back.
+pub(crate) const BIT_TOMBSTONE: u8 = 4;
 
 /// An arena entry. `prev` carries the key length in its top byte and `next` the state bits,
 /// so a slot stays 24 bytes. A free slot has an empty buffer (no allocation) and chains the
@@ -52,6 +55,9 @@ impl Slot {
     }
     pub(crate) fn live(&self) -> bool {
         !self.data.is_empty()
+    }
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.bits() & BIT_TOMBSTONE != 0
     }
     pub(crate) fn data(&self) -> &[u8] {
         &self.data
@@ -100,6 +106,9 @@ pub(crate) enum Dead {
 pub(crate) struct FlushView {
     pub oldest_live: u32,
     pub oldest_version: u64,
+    /// Compare versions only (a replicating pair): an item's last-access time differs
+    /// between the nodes, its version does not.
+    pub by_version: bool,
 }
 
 impl FlushView {
@@ -108,6 +117,10 @@ impl FlushView {
     pub(crate) fn flushed(&self, time: u32, version: u64, now: u32) -> bool {
         if self.oldest_live == 0 || self.oldest_live > now {
             return false;
+        }
+        if self.by_version {
+            let at = hlc::version_floor_at_unix_ms((u64::from(self.oldest_live) + 1) * 1000);
+            return version < at.max(self.oldest_version);
         }
         time <= self.oldest_live || (self.oldest_version != 0 && version < self.oldest_version)
     }
@@ -133,7 +146,10 @@ pub(crate) struct Shard {
     head: u32,
     /// Least recently used.
     tail: u32,
+    /// Linked slots, tombstones included.
     pub items: u64,
+    /// Linked tombstones (not items for clients or stats).
+    pub tombstones: u64,
     /// Accounted bytes of this shard's items.
     pub bytes: usize,
     /// Key + value bytes of this shard's items.
@@ -151,6 +167,7 @@ impl Shard {
             head: NIL,
             tail: NIL,
             items: 0,
+            tombstones: 0,
             bytes: 0,
             requested: 0,
             c: Counters::default(),
@@ -290,14 +307,22 @@ impl Shard {
     pub(crate) fn replace(&mut self, i: u32, data: Box<[u8]>) -> usize {
         let new_cost = item::cost(data.len());
         let new_req = (data.len() - item::HDR) as u64;
-        let (old_cost, old_req) = match self.slot_mut(i) {
+        let (old_cost, old_req, was_tomb) = match self.slot_mut(i) {
             Some(s) => {
+                let was_tomb = s.is_tombstone();
                 let old = std::mem::replace(&mut s.data, data);
                 s.set_bits(0);
-                (item::cost(old.len()), (old.len() - item::HDR) as u64)
+                (
+                    item::cost(old.len()),
+                    (old.len() - item::HDR) as u64,
+                    was_tomb,
+                )
             }
             None => return 0,
         };
+        if was_tomb {
+            self.tombstones -= 1;
+        }
         self.bytes = self.bytes + new_cost - old_cost;
         self.requested = self.requested + new_req - old_req;
         self.c.total_items += 1;
@@ -317,15 +342,29 @@ impl Shard {
         self.lru_detach(i);
         let free = self.free;
         let Some(s) = self.slot_mut(i) else { return 0 };
+        let was_tomb = s.is_tombstone();
         let old = std::mem::take(&mut s.data);
         s.prev = NIL;
         s.next = free;
         self.free = i;
+        if was_tomb {
+            self.tombstones -= 1;
+        }
         let cost = item::cost(old.len());
         self.items -= 1;
         self.bytes -= cost;
         self.requested -= (old.len() - item::HDR) as u64;
         cost
+    }
+
+    /// Marks a freshly linked or replaced slot as a tombstone.
+    pub(crate) fn mark_tombstone(&mut self, i: u32) {
+        if let Some(s) = self.slot_mut(i) {
+            if !s.is_tombstone() {
+                s.set_bits(BIT_TOMBSTONE);
+                self.tombstones += 1;
+            }
+        }
     }
 
     /// Releases arena and index capacity after the shard emptied out a lot.

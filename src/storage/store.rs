@@ -105,6 +105,8 @@ pub struct StoreStats {
     pub hash_bytes: u64,
     /// log2 of the total number of hash buckets.
     pub hash_power_level: u32,
+    /// Deleted keys remembered for replication.
+    pub tombstones: u64,
 }
 
 /// The flush watermarks (memcached's `oldest_live` and `oldest_cas`), plus the version
@@ -139,18 +141,18 @@ const TAIL_SEARCH: usize = 5;
 /// Store retries after making room in other shards before answering out-of-memory.
 const ROOM_RETRIES: usize = 4;
 
-enum Step<T> {
+pub(super) enum Step<T> {
     Done(T),
     /// The operation needs this many more bytes than the home shard could free.
     NeedRoom(usize),
 }
 
 pub struct Store {
-    cfg: StoreConfig,
-    shards: Box<[Mutex<Shard>]>,
+    pub(super) cfg: StoreConfig,
+    pub(super) shards: Box<[Mutex<Shard>]>,
     shard_mask: usize,
     hasher: DefaultHashBuilder,
-    hlc: Hlc,
+    pub(super) hlc: Hlc,
     used: AtomicUsize,
     limit: AtomicUsize,
     oldest_live: AtomicU32,
@@ -158,6 +160,12 @@ pub struct Store {
     /// memcached's process_started: absolute flush times at or before it disable flushing.
     started: u32,
     sink: Option<Arc<dyn ChangeSink>>,
+    /// Part of a replicating pair: deletes leave tombstones, touches take a new version,
+    /// and delayed flushes compare versions (access times differ between the nodes).
+    pub(super) pair: bool,
+    /// Tombstones created before this unix second may be dropped (set by replication once
+    /// the peer can no longer send an older state of the key).
+    pub(super) tomb_horizon: AtomicU32,
     evict_cursor: AtomicUsize,
     reap_cursor: Mutex<(usize, u32)>,
 }
@@ -195,6 +203,8 @@ impl Store {
             // memcached sets process_started 62 s before its real start.
             started: started.saturating_sub(62),
             sink: None,
+            pair: false,
+            tomb_horizon: AtomicU32::new(0),
             evict_cursor: AtomicUsize::new(0),
             reap_cursor: Mutex::new((0, 0)),
             cfg,
@@ -204,6 +214,12 @@ impl Store {
     /// Reports every successful mutation's key to `sink` (not evictions or expiry).
     pub fn with_change_sink(mut self, sink: Arc<dyn ChangeSink>) -> Store {
         self.sink = Some(sink);
+        self
+    }
+
+    /// Makes this store one node of a replicating pair (see the `pair` field).
+    pub fn replicated(mut self) -> Store {
+        self.pair = true;
         self
     }
 
@@ -249,31 +265,32 @@ impl Store {
         }
     }
 
-    fn flush_view(&self) -> FlushView {
+    pub(super) fn flush_view(&self) -> FlushView {
         FlushView {
             oldest_live: self.oldest_live.load(Ordering::Acquire),
             oldest_version: self.oldest_version.load(Ordering::Acquire),
+            by_version: self.pair,
         }
     }
 
-    fn hash(&self, key: &[u8]) -> (u64, usize) {
+    pub(super) fn hash(&self, key: &[u8]) -> (u64, usize) {
         let h = self.hasher.hash_one(key);
         // hashbrown uses the top 7 bits as in-bucket tags and the low bits as the bucket
         // index; taking the shard from bits 32.. keeps both fully random within a shard.
         (h, ((h >> 32) as usize) & self.shard_mask)
     }
 
-    fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+    pub(super) fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
         lock(&self.shards[i & self.shard_mask])
     }
 
-    fn notify(&self, key: &[u8]) {
+    pub(super) fn notify(&self, key: &[u8]) {
         if let Some(s) = &self.sink {
             s.changed(key);
         }
     }
 
-    fn release(&self, bytes: usize) {
+    pub(super) fn release(&self, bytes: usize) {
         if bytes > 0 {
             self.used.fetch_sub(bytes, Ordering::AcqRel);
         }
@@ -307,6 +324,10 @@ impl Store {
         let Some(i) = sh.find(hash, key) else {
             return Err(Lookup::Miss);
         };
+        if sh.slot(i).is_some_and(|s| s.is_tombstone()) {
+            // Stays: it is what keeps an older state from the peer out.
+            return Err(Lookup::Miss);
+        }
         let flush = self.flush_view();
         let state = sh.slot(i).and_then(|s| shard::dead(s.data(), now, &flush));
         match state {
@@ -426,7 +447,7 @@ impl Store {
 
     /// Runs `op` against the key's shard; when it cannot find room there, makes room in the
     /// other shards (never holding two shard locks) and runs it again.
-    fn with_room<T>(
+    pub(super) fn with_room<T>(
         &self,
         shard_idx: usize,
         oom: T,
@@ -466,7 +487,7 @@ impl Store {
         result
     }
 
-    fn item_ref<'a>(&self, s: &'a shard::Slot) -> ItemRef<'a> {
+    pub(super) fn item_ref<'a>(&self, s: &'a shard::Slot) -> ItemRef<'a> {
         let d = s.data();
         let version = item::version(d);
         ItemRef {
@@ -532,8 +553,14 @@ impl Store {
         match self.lookup(&mut sh, hash, key, now) {
             Err(l) => (l, None),
             Ok(i) => {
+                // memcached keeps the CAS on a touch; a pair needs a new version so the new
+                // expiry wins over the old state on the peer.
+                let version = self.pair.then(|| self.hlc.next());
                 let r = sh.slot_mut(i).map(|s| {
                     item::set_exptime(s.data_mut(), exp);
+                    if let Some(v) = version {
+                        item::set_version(s.data_mut(), v);
+                    }
                     f(&self.item_ref(s))
                 });
                 Self::touch_access(&mut sh, i, now);
@@ -555,12 +582,30 @@ impl Store {
         match self.lookup(&mut sh, hash, key, now) {
             Err(_) => false,
             Ok(i) => {
-                let freed = sh.remove(i);
-                self.release(freed);
+                self.unlink_local(&mut sh, i, now);
                 self.notify(key);
                 true
             }
         }
+    }
+
+    /// Takes a key away on behalf of a client: alone, the item goes; in a pair it becomes a
+    /// tombstone with a new version, so the deletion wins over older states everywhere.
+    fn unlink_local(&self, sh: &mut Shard, i: u32, now: u32) {
+        if !self.pair {
+            let freed = sh.remove(i);
+            self.release(freed);
+            return;
+        }
+        let Some(s) = sh.slot(i) else { return };
+        let data = item::build(s.key(), &[], self.hlc.next(), 0, 0, now);
+        let new_cost = item::cost(data.len());
+        // A tombstone is never larger than the item it replaces.
+        let old_cost = sh.replace(i, data);
+        sh.mark_tombstone(i);
+        // replace() counted a stored item; a deletion is not one.
+        sh.c.total_items = sh.c.total_items.saturating_sub(1);
+        self.release(old_cost.saturating_sub(new_cost));
     }
 
     /// Unconditionally unlinks a key (after a too-large or failed `set`, stale data must
@@ -571,9 +616,13 @@ impl Store {
         let mut sh = self.shard(si);
         match sh.find(hash, key) {
             None => false,
+            Some(i) if sh.slot(i).is_some_and(|s| s.is_tombstone()) => false,
             Some(i) => {
-                let freed = sh.remove(i);
-                self.release(freed);
+                let now = (self.hlc.now_ms() / 1000) as u32;
+                self.unlink_local(&mut sh, i, now);
+                if self.pair {
+                    self.notify(key);
+                }
                 true
             }
         }
@@ -634,6 +683,12 @@ impl Store {
         credit: &mut usize,
     ) -> Step<StoreOutcome> {
         let found = self.lookup(sh, hash, key, now).ok();
+        // What is left under the key after a miss is a tombstone: a write takes its slot.
+        let tomb = if found.is_none() {
+            sh.find(hash, key)
+        } else {
+            None
+        };
         let new_data = match (cmd, found) {
             (StoreCmd::Add, Some(i)) => {
                 // add on an existing key only promotes it (memcached's do_item_update).
@@ -691,7 +746,7 @@ impl Store {
             Some(d) => d,
             None => item::build(key, &[value], 0, exp, flags, now),
         };
-        self.link(sh, key, hash, found, data, now, credit)
+        self.link(sh, key, hash, found.or(tomb), data, now, credit, false)
             .map_done(|ok| {
                 if ok {
                     StoreOutcome::Stored
@@ -703,7 +758,7 @@ impl Store {
 
     /// Installs `data` (version filled in here) for `key`, replacing slot `old` if given.
     #[allow(clippy::too_many_arguments)]
-    fn link(
+    pub(super) fn link(
         &self,
         sh: &mut Shard,
         key: &[u8],
@@ -712,6 +767,7 @@ impl Store {
         mut data: Box<[u8]>,
         now: u32,
         credit: &mut usize,
+        remote: bool,
     ) -> Step<bool> {
         let new_cost = item::cost(data.len());
         let old_cost = old.and_then(|i| sh.slot(i)).map(|s| s.cost()).unwrap_or(0);
@@ -723,7 +779,9 @@ impl Store {
             self.release(new_cost);
             return Step::Done(false);
         }
-        item::set_version(&mut data, self.hlc.next());
+        if !remote {
+            item::set_version(&mut data, self.hlc.next());
+        }
         match old {
             Some(i) => {
                 sh.replace(i, data);
@@ -738,7 +796,9 @@ impl Store {
                 }
             }
         }
-        self.notify(key);
+        if !remote {
+            self.notify(key);
+        }
         Step::Done(true)
     }
 
@@ -793,7 +853,7 @@ impl Store {
                     item::flags(d),
                     now,
                 );
-                match self.link(sh, key, hash, Some(i), data, now, credit) {
+                match self.link(sh, key, hash, Some(i), data, now, credit, false) {
                     Step::Done(true) => Step::Done(ArithOutcome::Value(v)),
                     Step::Done(false) => Step::Done(ArithOutcome::OutOfMemory),
                     Step::NeedRoom(b) => Step::NeedRoom(b),
@@ -859,9 +919,19 @@ impl Store {
             let end = sh.slot_count();
             while budget > 0 && (pos as usize) < end {
                 budget -= 1;
+                let horizon = self.tomb_horizon.load(Ordering::Relaxed);
+                let old_tomb = sh.slot(pos).is_some_and(|s| {
+                    s.live() && s.is_tombstone() && item::time(s.data()) < horizon
+                });
+                if old_tomb {
+                    let freed = sh.remove(pos);
+                    self.release(freed);
+                    pos += 1;
+                    continue;
+                }
                 let dead = sh
                     .slot(pos)
-                    .filter(|s| s.live())
+                    .filter(|s| s.live() && !s.is_tombstone())
                     .map(|s| (shard::dead(s.data(), now, &flush), s.bits()));
                 if let Some((d, bits)) = dead {
                     sh.c.crawler_items_checked += 1;
@@ -928,7 +998,7 @@ impl Store {
         let mut seen = 0;
         while pos < end && seen < max {
             if let Some(s) = sh.slot(pos as u32) {
-                if s.live() && shard::dead(s.data(), now, &flush).is_none() {
+                if s.live() && !s.is_tombstone() && shard::dead(s.data(), now, &flush).is_none() {
                     f(&self.item_ref(s));
                     seen += 1;
                 }
@@ -952,7 +1022,8 @@ impl Store {
         for m in self.shards.iter() {
             let sh = lock(m);
             let c = &sh.c;
-            st.curr_items += sh.items;
+            st.curr_items += sh.items - sh.tombstones;
+            st.tombstones += sh.tombstones;
             st.bytes += sh.bytes as u64;
             st.mem_requested += sh.requested;
             st.total_items += c.total_items;

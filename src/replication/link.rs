@@ -1,0 +1,112 @@
+//! One connection on the replication port: its socket, frame buffers and what its handshake
+//! told us about the other side.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+/// What the other end said in its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerHello {
+    pub node_id: u8,
+    pub run_id: u64,
+    pub wants_bootstrap: bool,
+}
+
+pub struct Link {
+    pub stream: TcpStream,
+    /// We opened this connection (it matters for the one-link tie-break).
+    pub dialed: bool,
+    /// A dial still waiting for its connect to complete.
+    pub connecting: bool,
+    pub peer: Option<PeerHello>,
+    pub rbuf: Vec<u8>,
+    rpos: usize,
+    pub wbuf: Vec<u8>,
+    wpos: usize,
+    pub last_rx: Instant,
+    pub opened: Instant,
+}
+
+pub enum ReadResult {
+    Open,
+    Closed,
+}
+
+impl Link {
+    pub fn new(stream: TcpStream, dialed: bool, connecting: bool) -> Link {
+        let now = Instant::now();
+        Link {
+            stream,
+            dialed,
+            connecting,
+            peer: None,
+            rbuf: Vec::with_capacity(64 * 1024),
+            rpos: 0,
+            wbuf: Vec::with_capacity(64 * 1024),
+            wpos: 0,
+            last_rx: now,
+            opened: now,
+        }
+    }
+
+    /// Reads everything the socket has.
+    pub fn read_all(&mut self) -> ReadResult {
+        if self.rpos > 0 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return ReadResult::Closed,
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    self.last_rx = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::Open,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return ReadResult::Closed,
+            }
+        }
+    }
+
+    /// Received bytes not yet decoded.
+    pub fn input(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.rpos += n;
+        if self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
+    }
+
+    pub fn pending_output(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Writes what the socket takes; an error means the link is dead.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        } else if self.wpos > 1 << 20 {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+}

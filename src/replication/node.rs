@@ -1,0 +1,772 @@
+//! The replication thread's event loop: dialling and accepting the peer, the handshake and
+//! one-link tie-break, streaming changed keys, serving and receiving full copies,
+//! heartbeats and the peer timeout.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::protocol::repl::{decode, encode, Frame, PROTOCOL_VERSION};
+use crate::storage::{Applied, CopyCursor, FlushState, RemoteState, StateRef, Store};
+
+use super::link::{Link, PeerHello, ReadResult};
+use super::{LinkState, Replicator};
+use crate::clock::wall_ms;
+
+const LISTENER: Token = Token(0);
+const WAKE: Token = Token(1);
+const FIRST_LINK: usize = 2;
+
+/// Stop queueing more frames for the peer while this much is unsent: changed keys then wait,
+/// coalesced, in the dirty set, and a copy waits at its cursor.
+const SEND_HIGH_WATER: usize = 4 << 20;
+/// Items a copy takes from the store per step, so a shard lock is never held for long.
+const COPY_CHUNK: usize = 256;
+
+/// An outgoing full copy in progress.
+struct Copy {
+    cursor: CopyCursor,
+    items: u64,
+}
+
+/// An incoming full copy in progress.
+struct Receiving {
+    started: Instant,
+    items: u64,
+}
+
+pub struct Node {
+    repl: Arc<Replicator>,
+    store: Arc<Store>,
+    shutdown: Arc<AtomicBool>,
+    poll: Poll,
+    listener: TcpListener,
+    links: Vec<Option<Link>>,
+    /// The link that carries data; others are in their handshake.
+    active: Option<usize>,
+    run_id: u64,
+    node_id: u8,
+    /// Still in start-up: wants a full copy before the node serves clients.
+    starting: bool,
+    start_deadline: Instant,
+    next_dial: Instant,
+    backoff: Duration,
+    next_heartbeat: Instant,
+    copy: Option<Copy>,
+    receiving: Option<Receiving>,
+    /// Run id of the peer incarnation last linked with, to tell a reconnect from a restart.
+    last_peer_run: Option<u64>,
+    keys: Vec<Box<[u8]>>,
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, resolved now (DNS may change between dials).
+pub fn resolve_peer(peer: &str, default_port: u16) -> Option<SocketAddr> {
+    let with_port = if peer.starts_with('[') {
+        if peer.contains("]:") {
+            peer.to_string()
+        } else {
+            format!("{peer}:{default_port}")
+        }
+    } else if peer.matches(':').count() == 1 {
+        peer.to_string()
+    } else if peer.contains(':') {
+        format!("[{peer}]:{default_port}")
+    } else {
+        format!("{peer}:{default_port}")
+    };
+    with_port.to_socket_addrs().ok()?.next()
+}
+
+impl Node {
+    pub fn new(
+        repl: Arc<Replicator>,
+        store: Arc<Store>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Node, String> {
+        let poll = Poll::new().map_err(|e| format!("replication poll: {e}"))?;
+        let waker =
+            Waker::new(poll.registry(), WAKE).map_err(|e| format!("replication waker: {e}"))?;
+        repl.dirty.set_waker(waker);
+        let addr = repl.cfg.listen;
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        sock.set_reuse_address(true).map_err(|e| e.to_string())?;
+        sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+        sock.bind(&addr.into())
+            .map_err(|e| format!("failed to listen for the peer on {addr}: {e}"))?;
+        sock.listen(16).map_err(|e| e.to_string())?;
+        let mut listener = TcpListener::from_std(sock.into());
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        log::info!("listening for the peer on {addr}");
+        let now = Instant::now();
+        let run_id = random_u64();
+        Ok(Node {
+            start_deadline: now + repl.cfg.bootstrap_timeout,
+            node_id: store.node_id(),
+            repl,
+            store,
+            shutdown,
+            poll,
+            listener,
+            links: Vec::new(),
+            active: None,
+            run_id,
+            starting: true,
+            next_dial: now,
+            backoff: Duration::from_millis(50),
+            next_heartbeat: now,
+            copy: None,
+            receiving: None,
+            last_peer_run: None,
+            keys: Vec::new(),
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        // The first dial decides whether a starting node has anyone to copy from.
+        self.dial(true);
+        while !self.shutdown.load(Ordering::SeqCst) {
+            let timeout = self.timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("replication poll failed: {e}");
+                    break;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKE => {}
+                    Token(t) => self.service(t - FIRST_LINK, ev.is_writable()),
+                }
+            }
+            self.tick();
+        }
+        // Give the peer what is still pending, within a short bound, before exiting.
+        if let Some(i) = self.active {
+            self.fill(i);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                let done = match self.links[i].as_mut() {
+                    Some(l) => l.flush().is_err() || l.pending_output() == 0,
+                    None => true,
+                };
+                if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        let now = Instant::now();
+        let mut next = self.next_heartbeat;
+        if self.active.is_none() {
+            next = next.min(self.next_dial);
+        }
+        next.saturating_duration_since(now)
+            .min(Duration::from_millis(250))
+    }
+
+    fn finish_start(&mut self, why: &str) {
+        if self.starting {
+            self.starting = false;
+            log::info!("serving clients: {why}");
+            self.repl.set_ready();
+        }
+    }
+
+    fn add_link(&mut self, mut stream: TcpStream, dialed: bool, connecting: bool) {
+        let idx = match self.links.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.links.push(None);
+                self.links.len() - 1
+            }
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(idx + FIRST_LINK), interest)
+        {
+            log::warn!("cannot watch a peer connection: {e}");
+            return;
+        }
+        let mut link = Link::new(stream, dialed, connecting);
+        if !connecting {
+            self.hello(&mut link);
+        }
+        self.links[idx] = Some(link);
+    }
+
+    fn hello(&self, link: &mut Link) {
+        let cluster = self.repl.cfg.cluster.as_bytes();
+        encode(
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                node_id: self.node_id,
+                run_id: self.run_id,
+                wants_bootstrap: self.starting,
+                cluster: &cluster[..cluster.len().min(255)],
+            },
+            &mut link.wbuf,
+        );
+    }
+
+    fn dial(&mut self, first: bool) {
+        let dialing = self
+            .links
+            .iter()
+            .flatten()
+            .any(|l| l.dialed && l.peer.is_none());
+        if dialing {
+            return;
+        }
+        let Some(addr) = resolve_peer(&self.repl.cfg.peer, self.repl.cfg.repl_port) else {
+            log::warn!("cannot resolve peer {}", self.repl.cfg.peer);
+            if first {
+                self.finish_start("peer address does not resolve");
+            }
+            self.schedule_redial();
+            return;
+        };
+        if first {
+            // A blocking connect with a short bound answers "is anyone there?" before the
+            // node decides to serve alone: refused comes back at once on a live host.
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    if s.set_nonblocking(true).is_ok() {
+                        self.add_link(TcpStream::from_std(s), true, false);
+                        self.repl.set_state(LinkState::Connecting);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log::info!("peer {addr} not reachable at start ({e})");
+                    self.repl.set_state(LinkState::Down);
+                    self.finish_start("no peer to copy from");
+                    self.schedule_redial();
+                    return;
+                }
+            }
+        }
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                self.add_link(s, true, true);
+            }
+            Err(e) => {
+                log::debug!("dial {addr}: {e}");
+                self.schedule_redial();
+            }
+        }
+    }
+
+    fn schedule_redial(&mut self) {
+        // Jittered exponential backoff so two nodes that lost each other do not dial in
+        // lock-step forever.
+        let jitter = (random_u64() % 1000) as f64 / 1000.0 * 0.5 + 0.75;
+        self.next_dial = Instant::now() + self.backoff.mul_f64(jitter);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((s, addr)) => {
+                    log::debug!("peer connection from {addr}");
+                    let _ = s.set_nodelay(true);
+                    self.add_link(s, false, false);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept on the replication port: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, idx: usize, why: &str) {
+        let Some(mut link) = self.links.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut link.stream);
+        if self.active == Some(idx) {
+            log::warn!("peer link lost: {why}");
+            self.active = None;
+            self.copy = None;
+            if self.receiving.take().is_some() {
+                log::warn!("full copy from the peer interrupted; it restarts on reconnect");
+            }
+            self.repl.set_state(LinkState::Down);
+            self.backoff = Duration::from_millis(50);
+            self.schedule_redial();
+        } else {
+            log::debug!("peer connection closed: {why}");
+            if link.dialed && link.peer.is_none() {
+                self.schedule_redial();
+            }
+        }
+    }
+
+    /// Reads, handles and writes one link.
+    fn service(&mut self, idx: usize, writable: bool) {
+        let Some(link) = self.links.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if link.connecting {
+            if !writable {
+                return;
+            }
+            match link.stream.peer_addr() {
+                Ok(_) => {
+                    link.connecting = false;
+                    let mut l = self.links[idx].take();
+                    if let Some(l) = l.as_mut() {
+                        self.hello(l);
+                    }
+                    self.links[idx] = l;
+                }
+                Err(_) => {
+                    self.close(idx, "connect failed");
+                    return;
+                }
+            }
+        }
+        let closed = match self.links[idx].as_mut() {
+            Some(l) => matches!(l.read_all(), ReadResult::Closed),
+            None => return,
+        };
+        if let Err(why) = self.handle_frames(idx) {
+            self.close(idx, &why);
+            return;
+        }
+        if closed {
+            self.close(idx, "closed by the other side");
+            return;
+        }
+        self.fill_and_flush(idx);
+    }
+
+    fn fill_and_flush(&mut self, idx: usize) {
+        if self.active == Some(idx) {
+            self.fill(idx);
+        }
+        let failed = match self.links[idx].as_mut() {
+            Some(l) => l.flush().is_err(),
+            None => false,
+        };
+        if failed {
+            self.close(idx, "write failed");
+        }
+    }
+
+    /// Decodes and handles every complete frame a link has received. The link is taken out
+    /// of the table meanwhile so frames (which borrow its buffer) can be handled with the
+    /// whole node at hand.
+    fn handle_frames(&mut self, idx: usize) -> Result<(), String> {
+        let Some(mut link) = self.links.get_mut(idx).and_then(Option::take) else {
+            return Ok(());
+        };
+        let res = self.handle_input(idx, &mut link);
+        self.links[idx] = Some(link);
+        res
+    }
+
+    fn handle_input(&mut self, idx: usize, link: &mut Link) -> Result<(), String> {
+        loop {
+            let (frame, used) = match decode(link.input()) {
+                Ok(Some(x)) => x,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("bad frame from peer: {e}")),
+            };
+            let hello = self.handle_frame(&frame, link.peer.is_some())?;
+            link.consume(used);
+            if let Some(h) = hello {
+                link.peer = Some(h);
+                if !self.on_hello(idx, link, h) {
+                    return Err("duplicate connection".into());
+                }
+            }
+        }
+    }
+
+    /// Runs the one-link rule for a link that just completed its handshake; false when this
+    /// link is the one to drop.
+    fn on_hello(&mut self, idx: usize, link: &mut Link, hello: PeerHello) -> bool {
+        if hello.node_id == self.node_id && self.run_id < hello.run_id {
+            // Both nodes picked the same id: the one with the smaller run id moves, so
+            // versions stay unique across the pair from now on.
+            let new_id = self.store.reroll_node_id(hello.node_id);
+            log::info!("node id {} taken by the peer; now {new_id}", self.node_id);
+            self.node_id = new_id;
+        }
+        if let Some(a) = self.active {
+            let (old_peer, old_dialed) = match self.links[a].as_ref() {
+                Some(l) => (l.peer, l.dialed),
+                None => (None, false),
+            };
+            let keep_new = match old_peer {
+                // A new incarnation of the peer: whatever the old connection still carries
+                // must not be applied any more.
+                Some(old) if old.run_id != hello.run_id => true,
+                _ => {
+                    let dialer = |dialed: bool| if dialed { self.run_id } else { hello.run_id };
+                    let (new_dialer, old_dialer) = (dialer(link.dialed), dialer(old_dialed));
+                    // Both nodes see the same two connections and keep the one opened by the
+                    // node with the smaller run id; two dials from one side: keep the newer.
+                    new_dialer <= old_dialer
+                }
+            };
+            if !keep_new {
+                return false;
+            }
+            self.close(a, "superseded by a newer connection");
+        }
+        self.activate(idx, link, hello);
+        true
+    }
+
+    /// Applies one frame. Returns the peer's hello when that is what it was.
+    fn handle_frame(&mut self, f: &Frame, handshaken: bool) -> Result<Option<PeerHello>, String> {
+        let repl = Arc::clone(&self.repl);
+        match *f {
+            Frame::Hello {
+                version,
+                node_id,
+                run_id,
+                wants_bootstrap,
+                cluster,
+            } => {
+                if handshaken {
+                    return Err("second hello on one connection".into());
+                }
+                if version != PROTOCOL_VERSION {
+                    return Err(format!(
+                        "peer speaks replication protocol {version}, not {PROTOCOL_VERSION}"
+                    ));
+                }
+                if cluster != repl.cfg.cluster.as_bytes() {
+                    return Err(format!(
+                        "peer belongs to cluster {:?}, not {:?}",
+                        String::from_utf8_lossy(cluster),
+                        repl.cfg.cluster
+                    ));
+                }
+                if run_id == self.run_id {
+                    return Err("connected to itself".into());
+                }
+                return Ok(Some(PeerHello {
+                    node_id,
+                    run_id,
+                    wants_bootstrap,
+                }));
+            }
+            _ if !handshaken => return Err("data before the handshake".into()),
+            Frame::State {
+                version,
+                flags,
+                exptime,
+                key,
+                value,
+            } => {
+                let st = RemoteState {
+                    key,
+                    version,
+                    flags,
+                    exptime,
+                    value: Some(value),
+                };
+                self.applied(self.store.apply(st, crate::clock::unix_now()));
+            }
+            Frame::Tombstone { version, key } => {
+                let st = RemoteState {
+                    key,
+                    version,
+                    flags: 0,
+                    exptime: 0,
+                    value: None,
+                };
+                self.applied(self.store.apply(st, crate::clock::unix_now()));
+            }
+            Frame::Flush { watermark, at } => self.store.apply_flush_state(FlushState {
+                oldest_live: at,
+                oldest_version: watermark,
+            }),
+            Frame::Heartbeat {
+                wall_ms: theirs,
+                hlc,
+                ..
+            } => {
+                self.store.observe(hlc);
+                let skew = theirs as i64 - wall_ms() as i64;
+                repl.stats.clock_skew_ms.store(skew, Ordering::Relaxed);
+            }
+            Frame::BootstrapReq => {
+                if self.copy.is_none() {
+                    self.start_copy();
+                }
+            }
+            Frame::BootstrapEnd { items } => {
+                if let Some(r) = self.receiving.take() {
+                    let ms = r.started.elapsed().as_millis() as u64;
+                    let s = &repl.stats;
+                    s.bootstraps.fetch_add(1, Ordering::Relaxed);
+                    s.last_bootstrap_items.store(r.items, Ordering::Relaxed);
+                    s.last_bootstrap_ms.store(ms, Ordering::Relaxed);
+                    log::info!(
+                        "full copy received: {} items ({items} announced) in {ms} ms",
+                        r.items
+                    );
+                    repl.set_state(LinkState::Connected);
+                    self.finish_start("full copy from the peer complete");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn applied(&mut self, a: Applied) {
+        let s = &self.repl.stats;
+        s.received_items.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = self.receiving.as_mut() {
+            r.items += 1;
+            if r.items % 100_000 == 0 {
+                let secs = r.started.elapsed().as_secs_f64().max(1e-3);
+                log::info!(
+                    "copy in progress: {} items ({:.0} items/s)",
+                    r.items,
+                    r.items as f64 / secs
+                );
+            }
+        }
+        match a {
+            Applied::Applied => s.applied_items.fetch_add(1, Ordering::Relaxed),
+            Applied::Older => s.rejected_older.fetch_add(1, Ordering::Relaxed),
+            Applied::NoMemory => s.dropped_no_memory.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    fn activate(&mut self, idx: usize, link: &mut Link, hello: PeerHello) {
+        self.active = Some(idx);
+        self.backoff = Duration::from_millis(50);
+        let reconnect = self.last_peer_run.is_some();
+        if reconnect {
+            self.repl.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        let same_peer = self.last_peer_run == Some(hello.run_id);
+        self.last_peer_run = Some(hello.run_id);
+        log::info!(
+            "peer link up (peer node {}, run {:016x}{})",
+            hello.node_id,
+            hello.run_id,
+            if hello.wants_bootstrap {
+                ", peer wants a full copy"
+            } else {
+                ""
+            }
+        );
+        let overflowed = self.repl.dirty.take_overflow();
+        if hello.wants_bootstrap {
+            // It asks with BootstrapReq right behind its hello; the copy starts then.
+        } else if overflowed {
+            // Changes were dropped while the link was down: exchange everything both ways.
+            self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
+            log::info!("full resync with the peer: the pending record overflowed");
+            self.start_copy();
+            if !self.starting {
+                self.request_copy(link);
+            }
+        } else if same_peer {
+            self.repl
+                .stats
+                .resyncs_partial
+                .fetch_add(1, Ordering::Relaxed);
+            log::info!(
+                "resync with the peer: {} changed keys pending",
+                self.repl.dirty.pending_keys()
+            );
+        }
+        if self.starting {
+            self.request_copy(link);
+            self.repl.set_state(LinkState::Bootstrapping);
+        } else {
+            self.repl.set_state(LinkState::Connected);
+        }
+        self.next_heartbeat = Instant::now();
+    }
+
+    fn request_copy(&mut self, link: &mut Link) {
+        encode(&Frame::BootstrapReq, &mut link.wbuf);
+        if self.starting {
+            self.receiving = Some(Receiving {
+                started: Instant::now(),
+                items: 0,
+            });
+        }
+    }
+
+    fn start_copy(&mut self) {
+        log::info!("sending a full copy to the peer");
+        self.repl.stats.copies_sent.fetch_add(1, Ordering::Relaxed);
+        self.copy = Some(Copy {
+            cursor: CopyCursor::default(),
+            items: 0,
+        });
+    }
+
+    /// Queues changed keys and copy chunks for the active link, up to the high-water mark.
+    fn fill(&mut self, idx: usize) {
+        let Some(link) = self.links.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if link.peer.is_none() {
+            return;
+        }
+        let now = crate::clock::unix_now();
+        if link.pending_output() < SEND_HIGH_WATER && !self.repl.dirty.is_empty() {
+            self.keys.clear();
+            let flush = self.repl.dirty.drain(&mut self.keys);
+            if let Some(f) = flush {
+                let frame = Frame::Flush {
+                    watermark: f.oldest_version,
+                    at: f.oldest_live,
+                };
+                encode(&frame, &mut link.wbuf);
+            }
+            let mut sent = 0u64;
+            for key in &self.keys {
+                self.store.read_state(key, now, |st| {
+                    encode_state(&st, &mut link.wbuf);
+                    sent += 1;
+                });
+            }
+            self.repl
+                .stats
+                .sent_items
+                .fetch_add(sent, Ordering::Relaxed);
+        }
+        while link.pending_output() < SEND_HIGH_WATER {
+            let Some(copy) = self.copy.as_mut() else {
+                break;
+            };
+            let mut n = 0u64;
+            let done = self
+                .store
+                .copy_chunk(&mut copy.cursor, COPY_CHUNK, now, |st| {
+                    encode_state(&st, &mut link.wbuf);
+                    n += 1;
+                });
+            copy.items += n;
+            self.repl.stats.sent_items.fetch_add(n, Ordering::Relaxed);
+            if done {
+                encode(&Frame::BootstrapEnd { items: copy.items }, &mut link.wbuf);
+                log::info!("full copy sent: {} items", copy.items);
+                self.copy = None;
+            }
+        }
+    }
+
+    /// Periodic work: heartbeats, peer timeout, redial, start-up deadline, and sending
+    /// whatever the workers marked since the last wake-up.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if let Some(a) = self.active {
+            let stale = self.links[a]
+                .as_ref()
+                .is_some_and(|l| now.duration_since(l.last_rx) > self.repl.cfg.peer_timeout);
+            if stale {
+                self.close(a, "no heartbeat from the peer within the timeout");
+            }
+        }
+        // Handshakes that never finish are dropped so a silent stranger cannot hold a slot.
+        for i in 0..self.links.len() {
+            let hung = self.links[i].as_ref().is_some_and(|l| {
+                l.peer.is_none() && now.duration_since(l.opened) > self.repl.cfg.peer_timeout
+            });
+            if hung {
+                self.close(i, "handshake timed out");
+            }
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.repl.cfg.heartbeat;
+            if let Some(a) = self.active {
+                let hlc = self.store.clock_now();
+                if let Some(l) = self.links[a].as_mut() {
+                    encode(
+                        &Frame::Heartbeat {
+                            wall_ms: wall_ms(),
+                            hlc,
+                            pending: self.repl.dirty.pending_keys() as u64,
+                        },
+                        &mut l.wbuf,
+                    );
+                }
+            }
+        }
+        if self.active.is_none() && now >= self.next_dial {
+            self.dial(false);
+        }
+        if self.starting && self.active.is_none() && now >= self.start_deadline {
+            log::warn!(
+                "no complete copy from the peer within the bootstrap timeout; serving alone"
+            );
+            self.finish_start("bootstrap timeout");
+        }
+        for i in 0..self.links.len() {
+            if self.links[i].is_some() {
+                self.fill_and_flush(i);
+            }
+        }
+    }
+}
+
+fn encode_state(st: &StateRef, out: &mut Vec<u8>) {
+    match st {
+        StateRef::Live(it) => encode(
+            &Frame::State {
+                version: it.version,
+                flags: it.flags,
+                exptime: it.exptime,
+                key: it.key,
+                value: it.value,
+            },
+            out,
+        ),
+        StateRef::Tombstone { key, version } => encode(
+            &Frame::Tombstone {
+                version: *version,
+                key,
+            },
+            out,
+        ),
+    }
+}
