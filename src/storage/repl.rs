@@ -221,3 +221,266 @@ impl Store {
         (count, sum)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{hlc, FlushState, StoreCmd, StoreConfig};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const NOW: u32 = 1_700_000_000;
+
+    /// A pair-mode store with its own node id on a shared manual clock.
+    fn node(id: u8, clock: &Arc<AtomicU64>) -> Store {
+        let c = Arc::clone(clock);
+        let cfg = StoreConfig {
+            memory_limit: 64 << 20,
+            evictions: true,
+            item_size_max: 1 << 20,
+            cas_enabled: true,
+            shards: 4,
+            node_id: id,
+        };
+        Store::new(cfg).with_clock(Arc::new(move || c.load(Ordering::SeqCst))).replicated()
+    }
+
+    /// An owned copy of a state, as it would sit in a frame in flight.
+    #[derive(Clone, Debug)]
+    struct Msg {
+        key: Vec<u8>,
+        version: u64,
+        flags: u32,
+        exptime: u32,
+        value: Option<Vec<u8>>,
+    }
+
+    fn capture(s: &Store, key: &[u8]) -> Option<Msg> {
+        let mut out = None;
+        s.read_state(key, NOW, |st| {
+            out = Some(match st {
+                StateRef::Live(it) => Msg {
+                    key: it.key.to_vec(),
+                    version: it.version,
+                    flags: it.flags,
+                    exptime: it.exptime,
+                    value: Some(it.value.to_vec()),
+                },
+                StateRef::Tombstone { key, version } => Msg {
+                    key: key.to_vec(),
+                    version,
+                    flags: 0,
+                    exptime: 0,
+                    value: None,
+                },
+            })
+        });
+        out
+    }
+
+    fn deliver(s: &Store, m: &Msg) -> Applied {
+        s.apply(
+            RemoteState {
+                key: &m.key,
+                version: m.version,
+                flags: m.flags,
+                exptime: m.exptime,
+                value: m.value.as_deref(),
+            },
+            NOW,
+        )
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// One random client operation on `s`; returns the key it touched.
+    fn random_op(s: &Store, rng: &mut Rng) -> Vec<u8> {
+        let key = format!("k{}", rng.below(12)).into_bytes();
+        let v = format!("{}", rng.below(1000)).into_bytes();
+        match rng.below(8) {
+            0..=2 => {
+                s.store(StoreCmd::Set, &key, rng.below(4) as u32, 0, &v, 0, NOW);
+            }
+            3 => {
+                s.delete(&key, NOW);
+            }
+            4 => {
+                s.store(StoreCmd::Append, &key, 0, 0, b"+", 0, NOW);
+            }
+            5 => {
+                s.arith(&key, true, 1 + rng.below(5), NOW);
+            }
+            6 => {
+                s.touch(&key, 1000 + rng.below(100) as i32, NOW);
+            }
+            _ => {
+                s.store(StoreCmd::Add, &key, 0, 0, &v, 0, NOW);
+            }
+        }
+        key
+    }
+
+    fn full_state(s: &Store) -> Vec<(Vec<u8>, u64, Option<Vec<u8>>)> {
+        let mut all = Vec::new();
+        let mut cur = CopyCursor::default();
+        while !s.copy_chunk(&mut cur, 7, NOW, |st| match st {
+            StateRef::Live(it) => all.push((it.key.to_vec(), it.version, Some(it.value.to_vec()))),
+            StateRef::Tombstone { key, version } => all.push((key.to_vec(), version, None)),
+        }) {}
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn any_delivery_order_with_duplicates_converges() {
+        for seed in 1..=40u64 {
+            let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+            let (a, b) = (node(1, &clock), node(2, &clock));
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
+            for _ in 0..300 {
+                // Both nodes write concurrently: some steps share a millisecond.
+                if rng.below(3) == 0 {
+                    clock.fetch_add(1, Ordering::SeqCst);
+                }
+                let (src, out) = if rng.below(2) == 0 { (&a, &mut to_b) } else { (&b, &mut to_a) };
+                let key = random_op(src, &mut rng);
+                if let Some(m) = capture(src, &key) {
+                    out.push(m);
+                }
+                // Some messages arrive early, interleaved with new writes.
+                if rng.below(4) == 0 && !to_b.is_empty() {
+                    let m = to_b.remove(rng.below(to_b.len() as u64) as usize);
+                    deliver(&b, &m);
+                }
+            }
+            // Shuffle, duplicate, deliver.
+            for (dst, msgs) in [(&b, &mut to_b), (&a, &mut to_a)] {
+                let mut copies = msgs.clone();
+                copies.extend(msgs.iter().filter(|_| rng.below(3) == 0).cloned());
+                while !copies.is_empty() {
+                    let m = copies.swap_remove(rng.below(copies.len() as u64) as usize);
+                    deliver(dst, &m);
+                }
+            }
+            assert_eq!(a.digest(NOW), b.digest(NOW), "seed {seed}: digests differ");
+            assert_eq!(full_state(&a), full_state(&b), "seed {seed}: states differ");
+        }
+    }
+
+    #[test]
+    fn applying_is_idempotent_and_keeps_the_higher_version() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let (a, b) = (node(1, &clock), node(2, &clock));
+        a.store(StoreCmd::Set, b"k", 0, 0, b"old", 0, NOW);
+        let old = capture(&a, b"k").expect("state");
+        clock.fetch_add(5, Ordering::SeqCst);
+        a.store(StoreCmd::Set, b"k", 0, 0, b"new", 0, NOW);
+        let new = capture(&a, b"k").expect("state");
+        assert_eq!(deliver(&b, &new), Applied::Applied);
+        assert_eq!(deliver(&b, &new), Applied::Older, "a duplicate changes nothing");
+        assert_eq!(deliver(&b, &old), Applied::Older, "a late older state loses");
+        assert_eq!(a.digest(NOW), b.digest(NOW));
+        // The receiver's clock moved past what it saw: its next write orders after it.
+        b.store(StoreCmd::Set, b"k", 0, 0, b"b", 0, NOW);
+        assert!(capture(&b, b"k").expect("state").version > new.version);
+    }
+
+    #[test]
+    fn tombstones_stop_older_states_and_stay_invisible() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let (a, b) = (node(1, &clock), node(2, &clock));
+        a.store(StoreCmd::Set, b"k", 0, 0, b"v", 0, NOW);
+        let live = capture(&a, b"k").expect("state");
+        clock.fetch_add(1, Ordering::SeqCst);
+        assert!(a.delete(b"k", NOW));
+        let tomb = capture(&a, b"k").expect("tombstone");
+        assert!(tomb.value.is_none() && tomb.version > live.version);
+        // B hears of the delete before the set it follows.
+        assert_eq!(deliver(&b, &tomb), Applied::Applied);
+        assert_eq!(deliver(&b, &live), Applied::Older);
+        for s in [&a, &b] {
+            assert_eq!(s.get(b"k", NOW, |_| ()).1, None);
+            assert!(!s.delete(b"k", NOW), "a tombstone is not an item");
+            assert_eq!(s.stats(NOW).curr_items, 0);
+            assert_eq!(s.stats(NOW).tombstones, 1);
+        }
+        // A new write takes the tombstone's place.
+        assert_eq!(b.store(StoreCmd::Add, b"k", 0, 0, b"again", 0, NOW), crate::storage::StoreOutcome::Stored);
+        assert_eq!(b.stats(NOW).tombstones, 0);
+        assert_eq!(b.stats(NOW).curr_items, 1);
+    }
+
+    #[test]
+    fn tombstones_past_the_horizon_are_swept() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let a = node(1, &clock);
+        a.store(StoreCmd::Set, b"k", 0, 0, b"v", 0, NOW);
+        a.delete(b"k", NOW);
+        for _ in 0..8 {
+            a.reap(NOW + 100);
+        }
+        assert_eq!(a.stats(NOW).tombstones, 1, "kept until replication says it is safe");
+        a.set_tombstone_horizon(NOW + 1);
+        for _ in 0..8 {
+            a.reap(NOW + 100);
+        }
+        assert_eq!(a.stats(NOW).tombstones, 0);
+        assert_eq!(a.used_bytes(), 0);
+    }
+
+    #[test]
+    fn a_replicated_flush_removes_older_states_on_both_nodes() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let (a, b) = (node(1, &clock), node(2, &clock));
+        a.store(StoreCmd::Set, b"old", 0, 0, b"v", 0, NOW);
+        let old = capture(&a, b"old").expect("state");
+        clock.fetch_add(1, Ordering::SeqCst);
+        a.flush_all(0, NOW);
+        let fs: FlushState = a.flush_state();
+        b.apply_flush_state(fs);
+        assert_eq!(deliver(&b, &old), Applied::Older, "a state the flush predates");
+        clock.fetch_add(1, Ordering::SeqCst);
+        a.store(StoreCmd::Set, b"new", 0, 0, b"v", 0, NOW);
+        assert_eq!(deliver(&b, &capture(&a, b"new").expect("state")), Applied::Applied);
+        assert_eq!(a.digest(NOW), b.digest(NOW));
+        assert_eq!(b.digest(NOW).0, 1);
+    }
+
+    #[test]
+    fn touch_takes_a_new_version_in_a_pair() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let (a, b) = (node(1, &clock), node(2, &clock));
+        a.store(StoreCmd::Set, b"k", 0, 0, b"v", 0, NOW);
+        deliver(&b, &capture(&a, b"k").expect("state"));
+        a.touch(b"k", 100, NOW);
+        let touched = capture(&a, b"k").expect("state");
+        assert_eq!(deliver(&b, &touched), Applied::Applied);
+        assert_eq!(capture(&b, b"k").expect("state").exptime, NOW + 100);
+        let _ = hlc::node_of(touched.version);
+    }
+
+    #[test]
+    fn node_ids_can_move_and_versions_keep_rising() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let a = node(7, &clock);
+        let before = a.clock_now();
+        let id = a.reroll_node_id(7);
+        assert_ne!(id, 7);
+        assert_ne!(id, 0);
+        let after = a.clock_now();
+        assert!(after > before);
+        assert_eq!(hlc::node_of(after), id);
+    }
+}
