@@ -17,6 +17,9 @@ struct Summary {
     s: ThreadStats,
     secs: f64,
     threads: usize,
+    /// CPU of the whole process over every phase (connect, preload, warm-up, measured):
+    /// lets a harness subtract the client from machine-wide CPU use.
+    process_cpu: f64,
 }
 
 impl Summary {
@@ -83,6 +86,7 @@ impl Summary {
                     }
                 ),
             ),
+            ("client_total_cpu_s", f3(self.process_cpu)),
             ("all_ops", s.all_ops.to_string()),
             ("preload_ops", s.preload_ops.to_string()),
             ("threads", self.threads.to_string()),
@@ -182,6 +186,17 @@ fn merge(into: &mut ThreadStats, t: ThreadStats) -> Result<(), String> {
         .map_err(|e| format!("histogram: {e}"))
 }
 
+/// User + system CPU seconds of this process so far, all threads, reaped ones included.
+fn process_cpu() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn resolve(o: &Options) -> Result<SocketAddr, String> {
     (o.host.as_str(), o.port)
         .to_socket_addrs()
@@ -231,6 +246,7 @@ fn run(o: &Options) -> Result<Summary, String> {
         s,
         secs,
         threads: o.threads,
+        process_cpu: process_cpu(),
     })
 }
 
