@@ -340,7 +340,10 @@ if [ "$SKIP_PERF" = 0 ]; then
             printf "%-16s | %8d [%7d-%7d] | %8d [%7d-%7d] | %5.2f | %9.0f %9.0f %5.2f | %10.2f %8.2f %5.2f | %4.2f/%4.2f %4.2f/%4.2f %5.2f%s\n",
                 s, oa, la, ha, ob, lb, hb, (oa > 0 ? ob / oa : 0), pa, pb, (pa > 0 ? pb / pa : 0),
                 ca, cb, (ca > 0 ? cb / ca : 0), ua, ub, xa, xb, om, flag
+            if (om > worst) worst = om
         }
+        if (worst > 0.10)
+            printf "WARNING: other processes used up to %.2f CPUs during some runs (column other): those figures measure the neighbours too; rerun on a quiet machine.\n", worst
     }' "$RAW" | tee "$OUT/summary.txt"
 fi
 
