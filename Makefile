@@ -5,7 +5,7 @@ PORT ?= 11211
 # memcached's rule, kept by repcached: a root process must name the user to run as.
 AS_USER := $(if $(filter 0,$(shell id -u)),-u root,)
 
-.PHONY: build run test test-deps lint clean
+.PHONY: build run test test-deps lint bench clean
 
 build:
 	$(CARGO) build --release
@@ -22,6 +22,11 @@ test-deps:
 
 test: test-deps
 	$(CARGO) test --all-targets
+
+# Side-by-side throughput, latency, CPU per op and memory against Debian's memcached
+# (docs/BENCHMARKS.md). BENCH_ARGS passes options to bench/run.sh, e.g. --quick.
+bench: build test-deps
+	bash bench/run.sh $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check
