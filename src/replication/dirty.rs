@@ -34,6 +34,8 @@ pub struct DirtySet {
     /// it, later ones ride along, so a burst of writes costs one wake-up.
     armed: AtomicBool,
     waker: OnceLock<mio::Waker>,
+    /// Rotates the shard a partial drain starts from, so no shard waits behind others.
+    cursor: AtomicUsize,
 }
 
 impl DirtySet {
@@ -49,6 +51,7 @@ impl DirtySet {
             oldest_ms: AtomicU64::new(0),
             armed: AtomicBool::new(true),
             waker: OnceLock::new(),
+            cursor: AtomicUsize::new(0),
         }
     }
 
@@ -109,19 +112,49 @@ impl DirtySet {
         self.noted();
     }
 
-    /// Takes every pending key (and the pending flush) for sending.
-    pub fn drain(&self, keys: &mut Vec<Box<[u8]>>) -> Option<FlushState> {
+    /// Takes up to `max` pending keys (and the pending flush) for sending; the rest stay
+    /// for the next call, so a large backlog is sent in slices as the link drains.
+    pub fn drain(&self, keys: &mut Vec<Box<[u8]>>, max: usize) -> Option<FlushState> {
         self.armed.store(true, Ordering::Release);
-        self.oldest_ms.store(0, Ordering::Relaxed);
-        for s in self.shards.iter() {
-            let taken = std::mem::take(&mut *lock(s));
-            for k in taken {
-                self.bytes.fetch_sub(k.len() + PER_KEY, Ordering::Relaxed);
-                self.keys.fetch_sub(1, Ordering::Relaxed);
-                keys.push(k);
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let mut taken = 0;
+        for i in 0..SHARDS {
+            let room = max - taken;
+            if room == 0 {
+                break;
+            }
+            let mut set = lock(&self.shards[(start + i) % SHARDS]);
+            if set.len() <= room {
+                for k in std::mem::take(&mut *set) {
+                    self.forget(&k);
+                    keys.push(k);
+                    taken += 1;
+                }
+            } else {
+                let mut n = room;
+                let part: Vec<Box<[u8]>> = set
+                    .extract_if(|_| {
+                        let take = n > 0;
+                        n = n.saturating_sub(1);
+                        take
+                    })
+                    .collect();
+                for k in part {
+                    self.forget(&k);
+                    keys.push(k);
+                    taken += 1;
+                }
             }
         }
+        if self.pending_keys() == 0 {
+            self.oldest_ms.store(0, Ordering::Relaxed);
+        }
         lock(&self.flush).take()
+    }
+
+    fn forget(&self, k: &[u8]) {
+        self.bytes.fetch_sub(k.len() + PER_KEY, Ordering::Relaxed);
+        self.keys.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Forgets every pending key (a full copy is about to cover them).
@@ -129,8 +162,7 @@ impl DirtySet {
         for s in self.shards.iter() {
             let taken = std::mem::take(&mut *lock(s));
             for k in taken {
-                self.bytes.fetch_sub(k.len() + PER_KEY, Ordering::Relaxed);
-                self.keys.fetch_sub(1, Ordering::Relaxed);
+                self.forget(&k);
             }
         }
     }
@@ -184,12 +216,31 @@ mod tests {
         }
         assert_eq!(d.pending_keys(), 2);
         let mut keys = Vec::new();
-        assert_eq!(d.drain(&mut keys), None);
+        assert_eq!(d.drain(&mut keys, usize::MAX), None);
         keys.sort();
         assert_eq!(keys, vec![Box::from(&b"a"[..]), Box::from(&b"b"[..])]);
         assert_eq!(d.pending_keys(), 0);
         assert_eq!(d.pending_bytes(), 0);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn drains_in_slices() {
+        let d = DirtySet::new(1 << 20);
+        for i in 0..100 {
+            d.add(format!("k{i}").as_bytes());
+        }
+        let mut keys = Vec::new();
+        d.drain(&mut keys, 30);
+        assert_eq!(keys.len(), 30);
+        assert_eq!(d.pending_keys(), 70);
+        while d.pending_keys() > 0 {
+            d.drain(&mut keys, 30);
+        }
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 100);
+        assert_eq!(d.pending_bytes(), 0);
     }
 
     #[test]
@@ -219,12 +270,12 @@ mod tests {
         });
         let mut keys = Vec::new();
         assert_eq!(
-            d.drain(&mut keys),
+            d.drain(&mut keys, usize::MAX),
             Some(FlushState {
                 oldest_version: 5,
                 oldest_live: 1
             })
         );
-        assert_eq!(d.drain(&mut keys), None);
+        assert_eq!(d.drain(&mut keys, usize::MAX), None);
     }
 }

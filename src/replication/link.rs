@@ -30,7 +30,10 @@ pub struct Link {
 }
 
 pub enum ReadResult {
-    Open,
+    /// The socket has nothing more for now.
+    Drained,
+    /// The cap was reached; more may be waiting.
+    More,
     Closed,
 }
 
@@ -51,25 +54,29 @@ impl Link {
         }
     }
 
-    /// Reads everything the socket has.
-    pub fn read_all(&mut self) -> ReadResult {
+    /// Reads what the socket has, up to about `cap` bytes, so a fast sender cannot make
+    /// the receiver buffer a whole copy before applying it.
+    pub fn read_some(&mut self, cap: usize) -> ReadResult {
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
         let mut chunk = [0u8; 64 * 1024];
-        loop {
+        let mut got = 0;
+        while got < cap {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return ReadResult::Closed,
                 Ok(n) => {
                     self.rbuf.extend_from_slice(&chunk[..n]);
                     self.last_rx = Instant::now();
+                    got += n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::Open,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return ReadResult::Closed,
             }
         }
+        ReadResult::More
     }
 
     /// Received bytes not yet decoded.
@@ -103,7 +110,8 @@ impl Link {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
-        } else if self.wpos > 1 << 20 {
+        } else if self.wpos > self.wbuf.len() / 2 {
+            // Compact only once the sent part dominates, so each byte moves O(1) times.
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;
         }

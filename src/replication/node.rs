@@ -24,6 +24,12 @@ const FIRST_LINK: usize = 2;
 /// Stop queueing more frames for the peer while this much is unsent: changed keys then wait,
 /// coalesced, in the dirty set, and a copy waits at its cursor.
 const SEND_HIGH_WATER: usize = 4 << 20;
+/// Bytes read from a link before what arrived is applied.
+const READ_CAP: usize = 1 << 20;
+/// Changed keys taken from the dirty set per step.
+const DRAIN_BATCH: usize = 1024;
+/// Tombstones younger than this outlive even a caught-up peer, covering clock jitter.
+const TOMBSTONE_MARGIN_SECS: u32 = 5;
 /// Items a copy takes from the store per step, so a shard lock is never held for long.
 const COPY_CHUNK: usize = 256;
 
@@ -361,19 +367,24 @@ impl Node {
                 }
             }
         }
-        let closed = match self.links[idx].as_mut() {
-            Some(l) => matches!(l.read_all(), ReadResult::Closed),
-            None => return,
-        };
-        if let Err(why) = self.handle_frames(idx) {
-            self.close(idx, &why);
-            return;
+        loop {
+            let read = match self.links[idx].as_mut() {
+                Some(l) => l.read_some(READ_CAP),
+                None => return,
+            };
+            if let Err(why) = self.handle_frames(idx) {
+                self.close(idx, &why);
+                return;
+            }
+            if matches!(read, ReadResult::Closed) {
+                self.close(idx, "closed by the other side");
+                return;
+            }
+            self.fill_and_flush(idx);
+            if matches!(read, ReadResult::Drained) {
+                return;
+            }
         }
-        if closed {
-            self.close(idx, "closed by the other side");
-            return;
-        }
-        self.fill_and_flush(idx);
     }
 
     fn fill_and_flush(&mut self, idx: usize) {
@@ -524,11 +535,19 @@ impl Node {
             Frame::Heartbeat {
                 wall_ms: theirs,
                 hlc,
-                ..
+                pending,
             } => {
                 self.store.observe(hlc);
                 let skew = theirs as i64 - wall_ms() as i64;
                 repl.stats.clock_skew_ms.store(skew, Ordering::Relaxed);
+                if pending == 0 {
+                    // Everything the peer changed before this heartbeat is already here
+                    // (the link is ordered), so older states of keys deleted a while ago
+                    // can no longer arrive: their tombstones may go.
+                    let now = crate::clock::unix_now();
+                    self.store
+                        .set_tombstone_horizon(now.saturating_sub(TOMBSTONE_MARGIN_SECS));
+                }
             }
             Frame::BootstrapReq => {
                 if self.copy.is_none() {
@@ -636,6 +655,9 @@ impl Node {
 
     fn start_copy(&mut self) {
         log::info!("sending a full copy to the peer");
+        // The copy reads every key's current state, so what is pending now is covered by
+        // it; changes from here on are marked again and sent live.
+        self.repl.dirty.clear();
         self.repl.stats.copies_sent.fetch_add(1, Ordering::Relaxed);
         self.copy = Some(Copy {
             cursor: CopyCursor::default(),
@@ -652,9 +674,9 @@ impl Node {
             return;
         }
         let now = crate::clock::unix_now();
-        if link.pending_output() < SEND_HIGH_WATER && !self.repl.dirty.is_empty() {
+        while link.pending_output() < SEND_HIGH_WATER && !self.repl.dirty.is_empty() {
             self.keys.clear();
-            let flush = self.repl.dirty.drain(&mut self.keys);
+            let flush = self.repl.dirty.drain(&mut self.keys, DRAIN_BATCH);
             if let Some(f) = flush {
                 let frame = Frame::Flush {
                     watermark: f.oldest_version,
@@ -725,7 +747,9 @@ impl Node {
                         &Frame::Heartbeat {
                             wall_ms: wall_ms(),
                             hlc,
-                            pending: self.repl.dirty.pending_keys() as u64,
+                            // A copy in progress is pending work too.
+                            pending: self.repl.dirty.pending_keys() as u64
+                                + u64::from(self.copy.is_some()),
                         },
                         &mut l.wbuf,
                     );

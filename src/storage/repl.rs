@@ -242,7 +242,9 @@ mod tests {
             shards: 4,
             node_id: id,
         };
-        Store::new(cfg).with_clock(Arc::new(move || c.load(Ordering::SeqCst))).replicated()
+        Store::new(cfg)
+            .with_clock(Arc::new(move || c.load(Ordering::SeqCst)))
+            .replicated()
     }
 
     /// An owned copy of a state, as it would sit in a frame in flight.
@@ -354,7 +356,11 @@ mod tests {
                 if rng.below(3) == 0 {
                     clock.fetch_add(1, Ordering::SeqCst);
                 }
-                let (src, out) = if rng.below(2) == 0 { (&a, &mut to_b) } else { (&b, &mut to_a) };
+                let (src, out) = if rng.below(2) == 0 {
+                    (&a, &mut to_b)
+                } else {
+                    (&b, &mut to_a)
+                };
                 let key = random_op(src, &mut rng);
                 if let Some(m) = capture(src, &key) {
                     out.push(m);
@@ -389,8 +395,16 @@ mod tests {
         a.store(StoreCmd::Set, b"k", 0, 0, b"new", 0, NOW);
         let new = capture(&a, b"k").expect("state");
         assert_eq!(deliver(&b, &new), Applied::Applied);
-        assert_eq!(deliver(&b, &new), Applied::Older, "a duplicate changes nothing");
-        assert_eq!(deliver(&b, &old), Applied::Older, "a late older state loses");
+        assert_eq!(
+            deliver(&b, &new),
+            Applied::Older,
+            "a duplicate changes nothing"
+        );
+        assert_eq!(
+            deliver(&b, &old),
+            Applied::Older,
+            "a late older state loses"
+        );
         assert_eq!(a.digest(NOW), b.digest(NOW));
         // The receiver's clock moved past what it saw: its next write orders after it.
         b.store(StoreCmd::Set, b"k", 0, 0, b"b", 0, NOW);
@@ -417,7 +431,10 @@ mod tests {
             assert_eq!(s.stats(NOW).tombstones, 1);
         }
         // A new write takes the tombstone's place.
-        assert_eq!(b.store(StoreCmd::Add, b"k", 0, 0, b"again", 0, NOW), crate::storage::StoreOutcome::Stored);
+        assert_eq!(
+            b.store(StoreCmd::Add, b"k", 0, 0, b"again", 0, NOW),
+            crate::storage::StoreOutcome::Stored
+        );
         assert_eq!(b.stats(NOW).tombstones, 0);
         assert_eq!(b.stats(NOW).curr_items, 1);
     }
@@ -431,7 +448,11 @@ mod tests {
         for _ in 0..8 {
             a.reap(NOW + 100);
         }
-        assert_eq!(a.stats(NOW).tombstones, 1, "kept until replication says it is safe");
+        assert_eq!(
+            a.stats(NOW).tombstones,
+            1,
+            "kept until replication says it is safe"
+        );
         a.set_tombstone_horizon(NOW + 1);
         for _ in 0..8 {
             a.reap(NOW + 100);
@@ -450,10 +471,17 @@ mod tests {
         a.flush_all(0, NOW);
         let fs: FlushState = a.flush_state();
         b.apply_flush_state(fs);
-        assert_eq!(deliver(&b, &old), Applied::Older, "a state the flush predates");
+        assert_eq!(
+            deliver(&b, &old),
+            Applied::Older,
+            "a state the flush predates"
+        );
         clock.fetch_add(1, Ordering::SeqCst);
         a.store(StoreCmd::Set, b"new", 0, 0, b"v", 0, NOW);
-        assert_eq!(deliver(&b, &capture(&a, b"new").expect("state")), Applied::Applied);
+        assert_eq!(
+            deliver(&b, &capture(&a, b"new").expect("state")),
+            Applied::Applied
+        );
         assert_eq!(a.digest(NOW), b.digest(NOW));
         assert_eq!(b.digest(NOW).0, 1);
     }
