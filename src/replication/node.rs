@@ -24,6 +24,8 @@ const FIRST_LINK: usize = 2;
 /// Stop queueing more frames for the peer while this much is unsent: changed keys then wait,
 /// coalesced, in the dirty set, and a copy waits at its cursor.
 const SEND_HIGH_WATER: usize = 4 << 20;
+/// Longest stretch spent queueing and writing before the loop looks at other events.
+const FILL_SLICE: Duration = Duration::from_millis(20);
 /// Bytes read from a link before what arrived is applied.
 const READ_CAP: usize = 1 << 20;
 /// Changed keys taken from the dirty set per step.
@@ -67,6 +69,8 @@ pub struct Node {
     /// Run id of the peer incarnation last linked with, to tell a reconnect from a restart.
     last_peer_run: Option<u64>,
     keys: Vec<Box<[u8]>>,
+    /// Work was left over with the socket ready for more: poll without sleeping.
+    busy: bool,
 }
 
 fn random_u64() -> u64 {
@@ -148,6 +152,7 @@ impl Node {
             receiving: None,
             last_peer_run: None,
             keys: Vec::new(),
+            busy: false,
         })
     }
 
@@ -189,7 +194,10 @@ impl Node {
         }
     }
 
-    fn timeout(&self) -> Duration {
+    fn timeout(&mut self) -> Duration {
+        if std::mem::take(&mut self.busy) {
+            return Duration::ZERO;
+        }
         let now = Instant::now();
         let mut next = self.next_heartbeat;
         if self.active.is_none() {
@@ -387,16 +395,33 @@ impl Node {
         }
     }
 
+    /// Queues what is pending and writes it, for as long as the socket keeps taking it:
+    /// a socket that drained completely gives no WRITABLE event to come back on.
     fn fill_and_flush(&mut self, idx: usize) {
-        if self.active == Some(idx) {
-            self.fill(idx);
-        }
-        let failed = match self.links[idx].as_mut() {
-            Some(l) => l.flush().is_err(),
-            None => false,
-        };
-        if failed {
-            self.close(idx, "write failed");
+        // Bounded, so a long copy still lets the loop read the peer's frames in between.
+        let until = Instant::now() + FILL_SLICE;
+        loop {
+            let active = self.active == Some(idx);
+            if active {
+                self.fill(idx);
+            }
+            let (failed, drained) = match self.links[idx].as_mut() {
+                Some(l) => (l.flush().is_err(), l.pending_output() == 0),
+                None => return,
+            };
+            if failed {
+                self.close(idx, "write failed");
+                return;
+            }
+            let more = active && (self.copy.is_some() || !self.repl.dirty.is_empty());
+            if !(drained && more) {
+                return;
+            }
+            if Instant::now() >= until {
+                // Come straight back after a look at other events.
+                self.busy = true;
+                return;
+            }
         }
     }
 
