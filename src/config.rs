@@ -300,8 +300,8 @@ pub const OPTIONS: &[OptSpec] = &[
         "",
         Some("char"),
         "delimiter between key prefix and id in per-prefix stats\n\
-         (default: ':'); also turns \"stats detail\" collection on",
-        Supported,
+         (default: ':'); reported in stats settings (no per-prefix stats yet)",
+        Compat,
     ),
     opt("t", "threads", Some("num"), "worker threads (default: 4)", Supported),
     opt("R", "max-reqs-per-event", Some("num"), "requests per connection before serving others (default: 20)", Supported),

@@ -119,6 +119,8 @@ pub enum Request<'a> {
         msg: &'static str,
         noreply: bool,
     },
+    /// `watch [...]`: log streaming is not implemented; the reply depends on `-W`.
+    Watch,
     /// The connection must be closed without a reply (over-long line, `HTTP/` request).
     Close,
 }

@@ -251,6 +251,16 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
             reply(out, noreply, msg.as_bytes());
             After::Continue
         }
+        Request::Watch => {
+            // With -W memcached refuses; without it, log streaming is not implemented here
+            // and the command is answered as unknown.
+            if ctx.shared.cfg.watch_enabled {
+                write_line(out, b"ERROR");
+            } else {
+                write_line(out, b"CLIENT_ERROR watch commands not allowed");
+            }
+            After::Continue
+        }
         Request::Close => After::Close,
     }
 }
@@ -267,7 +277,10 @@ fn get(ctx: &Ctx, list: &[u8], cas: bool, touch: Option<i32>, out: &mut Vec<u8>)
             None => store.get(key, ctx.now, emit),
             Some(exp) => store.get_and_touch(key, exp, ctx.now, emit),
         };
-        bump(&st.cmd_get, 1);
+        // memcached counts gat/gats as touches only.
+        if touch.is_none() {
+            bump(&st.cmd_get, 1);
+        }
         match (touch.is_some(), hit.is_some()) {
             (false, true) => bump(&st.get_hits, 1),
             (false, false) => bump(&st.get_misses, 1),

@@ -114,9 +114,19 @@ impl Dispatcher {
         Dispatcher { workers, next: 0 }
     }
 
-    /// Accepts every pending connection on `l`.
-    pub fn accept_all(&mut self, l: &Listener, shared: &Shared) {
+    /// Accepts every pending connection on `l`. Returns false when it stopped at the
+    /// connection limit with maxconns_fast off: the rest wait in the backlog, as memcached
+    /// leaves them, until a connection closes.
+    pub fn accept_all(&mut self, l: &Listener, shared: &Shared) -> bool {
         loop {
+            if !shared.cfg.maxconns_fast
+                && shared.curr_conns.load(Ordering::Relaxed) >= shared.cfg.max_conns
+            {
+                if shared.accepting.swap(false, Ordering::Relaxed) {
+                    shared.listen_disabled.fetch_add(1, Ordering::Relaxed);
+                }
+                return false;
+            }
             let (stream, addr) = match l {
                 Listener::Tcp(l, _) => match l.accept() {
                     Ok((s, a)) => {
@@ -154,12 +164,13 @@ impl Dispatcher {
     }
 }
 
-fn accept_error(e: io::Error) {
+fn accept_error(e: io::Error) -> bool {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
         // Out of descriptors and similar: the next readiness event retries.
         _ => log::warn!("accept failed: {e}"),
     }
+    true
 }
 
 /// memcached's maxconns_fast answer: one error line, then close.

@@ -204,9 +204,12 @@ fn serve_clients(shared: &Arc<Shared>, sig_rx: StdUnixStream) -> Result<(), Stri
     }
     let mut dispatch = listener::Dispatcher::new(workers);
     let mut events = Events::with_capacity(64);
+    // Listeners holding back connections at the limit (maxconns_fast off).
+    let mut held = false;
     // The flag may have been set by a signal that arrived before the pipe was watched.
     while !shared.shutdown.load(Ordering::SeqCst) {
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(500))) {
+        let timeout = Duration::from_millis(if held { 10 } else { 500 });
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
@@ -221,9 +224,18 @@ fn serve_clients(shared: &Arc<Shared>, sig_rx: StdUnixStream) -> Result<(), Stri
                 WAKE => {}
                 Token(i) => {
                     if let Some(l) = listeners.get(i) {
-                        dispatch.accept_all(l, shared);
+                        held |= !dispatch.accept_all(l, shared);
                     }
                 }
+            }
+        }
+        // Edge-triggered listeners do not report the backlog again: once below the limit,
+        // take what waited.
+        if held && shared.curr_conns.load(Ordering::Relaxed) < cfg.max_conns {
+            shared.accepting.store(true, Ordering::Relaxed);
+            held = false;
+            for l in &listeners {
+                held |= !dispatch.accept_all(l, shared);
             }
         }
     }

@@ -49,14 +49,12 @@ pub fn stats(ctx: &Ctx, args: &[u8], out: &mut Vec<u8>) {
         Some(b"reset") => {
             ctx.shared.stats.reset();
             ctx.shared.store.reset_stats();
+            ctx.shared.total_conns.store(0, Ordering::Relaxed);
+            ctx.shared.rejected_conns.store(0, Ordering::Relaxed);
             out.extend_from_slice(b"RESET\r\n");
             return;
         }
         Some(b"detail") => {
-            if !ctx.shared.cfg.dump_enabled {
-                out.extend_from_slice(b"CLIENT_ERROR stats detail not allowed\r\n");
-                return;
-            }
             match rest.first().copied() {
                 // Per-prefix accounting is not kept, so a dump is empty and on/off are
                 // refused rather than acknowledged and ignored.
@@ -92,7 +90,7 @@ fn cachedump(ctx: &Ctx, args: &[&[u8]], out: &mut Vec<u8>) -> Result<(), &'stati
     if !ctx.shared.cfg.dump_enabled {
         return Err("CLIENT_ERROR stats cachedump not allowed");
     }
-    let [class, limit] = args else {
+    let [class, limit, ..] = args else {
         return Err("CLIENT_ERROR bad command line");
     };
     let num = |t: &[u8]| {
