@@ -21,6 +21,7 @@ const T_FLUSH: u8 = 4;
 const T_HEARTBEAT: u8 = 5;
 const T_BOOTSTRAP_REQ: u8 = 6;
 const T_BOOTSTRAP_END: u8 = 7;
+const T_BOOTSTRAP_BEGIN: u8 = 8;
 
 /// One frame, borrowing its variable parts from the buffer it was decoded from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub enum Frame<'a> {
     BootstrapReq,
     /// Ends a full copy of `items` states.
     BootstrapEnd { items: u64 },
+    /// Starts a full copy of about `items` states (the receiver sizes its tables).
+    BootstrapBegin { items: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +214,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             r.end()?;
             Frame::BootstrapEnd { items }
         }
+        T_BOOTSTRAP_BEGIN => {
+            let items = r.u64()?;
+            r.end()?;
+            Frame::BootstrapBegin { items }
+        }
         other => return Err(FrameError::UnknownType(other)),
     };
     Ok(Some((frame, LEN + len)))
@@ -279,6 +287,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.push(T_BOOTSTRAP_END);
             out.extend_from_slice(&items.to_be_bytes());
         }
+        Frame::BootstrapBegin { items } => {
+            out.push(T_BOOTSTRAP_BEGIN);
+            out.extend_from_slice(&items.to_be_bytes());
+        }
     }
     let len = (out.len() - start - LEN) as u32;
     out[start..start + LEN].copy_from_slice(&len.to_be_bytes());
@@ -331,6 +343,7 @@ mod tests {
             },
             Frame::BootstrapReq,
             Frame::BootstrapEnd { items: 200_000 },
+            Frame::BootstrapBegin { items: 7 },
         ]
     }
 

@@ -79,9 +79,10 @@ impl Link {
         ReadResult::More
     }
 
-    /// Received bytes not yet decoded.
-    pub fn input(&self) -> &[u8] {
-        &self.rbuf[self.rpos..]
+    /// Received bytes not yet decoded, and the output buffer, borrowed together so a frame
+    /// (which borrows the input) can be answered into the output.
+    pub fn split(&mut self) -> (&[u8], &mut Vec<u8>) {
+        (&self.rbuf[self.rpos..], &mut self.wbuf)
     }
 
     pub fn consume(&mut self, n: usize) {

@@ -439,12 +439,14 @@ impl Node {
 
     fn handle_input(&mut self, idx: usize, link: &mut Link) -> Result<(), String> {
         loop {
-            let (frame, used) = match decode(link.input()) {
+            let handshaken = link.peer.is_some();
+            let (input, wbuf) = link.split();
+            let (frame, used) = match decode(input) {
                 Ok(Some(x)) => x,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(format!("bad frame from peer: {e}")),
             };
-            let hello = self.handle_frame(&frame, link.peer.is_some())?;
+            let hello = self.handle_frame(&frame, handshaken, wbuf)?;
             link.consume(used);
             if let Some(h) = hello {
                 link.peer = Some(h);
@@ -492,7 +494,12 @@ impl Node {
     }
 
     /// Applies one frame. Returns the peer's hello when that is what it was.
-    fn handle_frame(&mut self, f: &Frame, handshaken: bool) -> Result<Option<PeerHello>, String> {
+    fn handle_frame(
+        &mut self,
+        f: &Frame,
+        handshaken: bool,
+        wbuf: &mut Vec<u8>,
+    ) -> Result<Option<PeerHello>, String> {
         let repl = Arc::clone(&self.repl);
         match *f {
             Frame::Hello {
@@ -576,7 +583,12 @@ impl Node {
             }
             Frame::BootstrapReq => {
                 if self.copy.is_none() {
-                    self.start_copy();
+                    self.start_copy(wbuf);
+                }
+            }
+            Frame::BootstrapBegin { items } => {
+                if self.receiving.is_some() {
+                    self.store.reserve(items);
                 }
             }
             Frame::BootstrapEnd { items } => {
@@ -645,7 +657,7 @@ impl Node {
             // Changes were dropped while the link was down: exchange everything both ways.
             self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
             log::info!("full resync with the peer: the pending record overflowed");
-            self.start_copy();
+            self.start_copy(&mut link.wbuf);
             if !self.starting {
                 self.request_copy(link);
             }
@@ -678,11 +690,14 @@ impl Node {
         }
     }
 
-    fn start_copy(&mut self) {
+    fn start_copy(&mut self, wbuf: &mut Vec<u8>) {
         log::info!("sending a full copy to the peer");
         // The copy reads every key's current state, so what is pending now is covered by
         // it; changes from here on are marked again and sent live.
         self.repl.dirty.clear();
+        let st = self.store.stats(crate::clock::unix_now());
+        let items = st.curr_items + st.tombstones;
+        encode(&Frame::BootstrapBegin { items }, wbuf);
         self.repl.stats.copies_sent.fetch_add(1, Ordering::Relaxed);
         self.copy = Some(Copy {
             cursor: CopyCursor::default(),

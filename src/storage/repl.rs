@@ -100,6 +100,18 @@ impl Store {
         self.hlc.observe(version);
     }
 
+    /// Sizes the tables for `items` more states spread over the shards (a full copy is about
+    /// to arrive). Capped by the memory limit, so a bogus figure cannot reserve much.
+    pub fn reserve(&self, items: u64) {
+        // No state takes less than a slot, its share of the index and a minimal buffer.
+        let fits = (self.memory_limit() / 64) as u64;
+        let per_shard = (items.min(fits) / self.shards.len() as u64) as usize;
+        let per_shard = per_shard + per_shard / 8;
+        for i in 0..self.shards.len() {
+            self.shard(i).reserve(per_shard);
+        }
+    }
+
     /// Tombstones deleted before `unix_secs` may be dropped by the background sweep.
     pub fn set_tombstone_horizon(&self, unix_secs: u32) {
         self.tomb_horizon.fetch_max(unix_secs, Ordering::Relaxed);
@@ -437,6 +449,31 @@ mod tests {
         );
         assert_eq!(b.stats(NOW).tombstones, 0);
         assert_eq!(b.stats(NOW).curr_items, 1);
+    }
+
+    #[test]
+    fn reserve_sizes_tables_without_changing_contents() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let a = node(1, &clock);
+        a.store(StoreCmd::Set, b"k", 0, 0, b"v", 0, NOW);
+        let before = a.digest(NOW);
+        a.reserve(100_000);
+        assert!(a.stats(NOW).hash_bytes > 100_000);
+        assert_eq!(a.digest(NOW), before);
+        for i in 0..1000 {
+            a.store(
+                StoreCmd::Set,
+                format!("k{i}").as_bytes(),
+                0,
+                0,
+                b"v",
+                0,
+                NOW,
+            );
+        }
+        assert_eq!(a.digest(NOW).0, 1001);
+        // A huge announced count is capped by the memory limit.
+        a.reserve(u64::MAX);
     }
 
     #[test]

@@ -367,6 +367,21 @@ impl Shard {
         }
     }
 
+    /// Makes room for `n` more items without growing step by step (a full copy announces
+    /// its size, and rehashing as the table doubles dominates applying it otherwise).
+    pub(crate) fn reserve(&mut self, n: usize) {
+        let n = n.min(MAX_SLOTS - self.slots.len());
+        self.slots.reserve_exact(n);
+        let slots = &self.slots;
+        let hasher = &self.hasher;
+        self.table.reserve(n, |&j| {
+            slots
+                .get(j as usize)
+                .map(|s| hasher.hash_one(s.key()))
+                .unwrap_or(0)
+        });
+    }
+
     /// Releases arena and index capacity after the shard emptied out a lot.
     pub(crate) fn maybe_shrink(&mut self) {
         if self.items == 0 && self.slots.len() > 1024 {
