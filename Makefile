@@ -21,7 +21,7 @@ test-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached; }
 
 test: test-deps
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets --no-fail-fast
 
 # Side-by-side throughput, latency, CPU per op and memory against Debian's memcached
 # (docs/BENCHMARKS.md). BENCH_ARGS passes options to bench/run.sh, e.g. --quick.
