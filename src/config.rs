@@ -133,6 +133,8 @@ pub struct Config {
     pub cluster_name: String,
     /// `--repl-backlog-mb`: bound on changes waiting for the peer, in bytes.
     pub repl_backlog: usize,
+    /// `--repl-secret-file`: file holding the secret both nodes prove in the handshake.
+    pub repl_secret_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -179,6 +181,7 @@ impl Default for Config {
             repl_bootstrap_timeout: 60,
             cluster_name: "repcached".to_string(),
             repl_backlog: 64 * 1024 * 1024,
+            repl_secret_file: None,
         }
     }
 }
@@ -325,6 +328,7 @@ pub const OPTIONS: &[OptSpec] = &[
     opt("", "repl-timeout-ms", Some("ms"), "declare the peer down after this long without a frame (default: 3000)", Supported),
     opt("", "repl-bootstrap-timeout", Some("secs"), "give up a start-up copy from the peer and serve alone after this\nlong (default: 60)", Supported),
     opt("", "cluster-name", Some("name"), "name both nodes of a pair must share (default: repcached)", Supported),
+    opt("", "repl-secret-file", Some("file"), "shared secret both nodes must prove (HMAC challenge-response);\nwithout it the replication port is open to anyone who reaches it", Supported),
     opt("", "repl-backlog-mb", Some("num"), "memory for changes not yet sent to the peer; beyond it the pair\nresyncs in full (default: 64)", Supported),
 ];
 
@@ -989,6 +993,9 @@ fn replication_options(m: &getopts::Matches, cfg: &mut Config) -> Result<(), Cli
             .ok()
             .and_then(|n| n.checked_mul(MB))
             .ok_or_else(|| err("repl-backlog-mb", format!("{n} is too large")))?;
+    }
+    if let Some(v) = last(m, "repl-secret-file") {
+        cfg.repl_secret_file = Some(absolute("repl-secret-file", &v)?);
     }
     if let Some(v) = last(m, "cluster-name") {
         if v.is_empty() || v.len() > 255 {

@@ -22,6 +22,13 @@ const T_HEARTBEAT: u8 = 5;
 const T_BOOTSTRAP_REQ: u8 = 6;
 const T_BOOTSTRAP_END: u8 = 7;
 const T_BOOTSTRAP_BEGIN: u8 = 8;
+const T_AUTH: u8 = 9;
+/// Bytes of a handshake nonce.
+pub const NONCE_LEN: usize = 16;
+/// Bytes of an authentication proof (HMAC-SHA256).
+pub const PROOF_LEN: usize = 32;
+const HELLO_BOOTSTRAP: u8 = 1;
+const HELLO_AUTH: u8 = 2;
 
 /// One frame, borrowing its variable parts from the buffer it was decoded from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +41,10 @@ pub enum Frame<'a> {
         run_id: u64,
         /// The sender starts empty and asks for a full copy.
         wants_bootstrap: bool,
+        /// The sender has a shared secret and will prove it (an Auth frame follows).
+        auth: bool,
+        /// Fresh per connection: the peer's proof must cover it, so no proof replays.
+        nonce: [u8; NONCE_LEN],
         cluster: &'a [u8],
     },
     /// The current state of a live item.
@@ -62,6 +73,8 @@ pub enum Frame<'a> {
     BootstrapEnd { items: u64 },
     /// Starts a full copy of about `items` states (the receiver sizes its tables).
     BootstrapBegin { items: u64 },
+    /// Proof of the shared secret: HMAC-SHA256 over both run ids and both nonces.
+    Auth { proof: [u8; PROOF_LEN] },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,7 +169,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             let version = r.u8()?;
             let node_id = r.u8()?;
             let run_id = r.u64()?;
-            let wants_bootstrap = r.u8()? != 0;
+            let bits = r.u8()?;
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(r.take(NONCE_LEN)?);
             let n = usize::from(r.u8()?);
             let cluster = r.take(n)?;
             r.end()?;
@@ -164,7 +179,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
                 version,
                 node_id,
                 run_id,
-                wants_bootstrap,
+                wants_bootstrap: bits & HELLO_BOOTSTRAP != 0,
+                auth: bits & HELLO_AUTH != 0,
+                nonce,
                 cluster,
             }
         }
@@ -219,6 +236,12 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             r.end()?;
             Frame::BootstrapBegin { items }
         }
+        T_AUTH => {
+            let mut proof = [0u8; PROOF_LEN];
+            proof.copy_from_slice(r.take(PROOF_LEN)?);
+            r.end()?;
+            Frame::Auth { proof }
+        }
         other => return Err(FrameError::UnknownType(other)),
     };
     Ok(Some((frame, LEN + len)))
@@ -237,6 +260,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             node_id,
             run_id,
             wants_bootstrap,
+            auth,
+            nonce,
             cluster,
         } => {
             out.push(T_HELLO);
@@ -244,7 +269,15 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.push(version);
             out.push(node_id);
             out.extend_from_slice(&run_id.to_be_bytes());
-            out.push(u8::from(wants_bootstrap));
+            let mut bits = 0;
+            if wants_bootstrap {
+                bits |= HELLO_BOOTSTRAP;
+            }
+            if auth {
+                bits |= HELLO_AUTH;
+            }
+            out.push(bits);
+            out.extend_from_slice(&nonce);
             out.push(u8::try_from(cluster.len()).expect("cluster name validated to ≤255 bytes"));
             out.extend_from_slice(cluster);
         }
@@ -291,6 +324,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.push(T_BOOTSTRAP_BEGIN);
             out.extend_from_slice(&items.to_be_bytes());
         }
+        Frame::Auth { proof } => {
+            out.push(T_AUTH);
+            out.extend_from_slice(&proof);
+        }
     }
     let len = (out.len() - start - LEN) as u32;
     out[start..start + LEN].copy_from_slice(&len.to_be_bytes());
@@ -312,6 +349,8 @@ mod tests {
                 node_id: 7,
                 run_id: 0x0102_0304_0506_0708,
                 wants_bootstrap: true,
+                auth: true,
+                nonce: [9; NONCE_LEN],
                 cluster: b"prod",
             },
             Frame::State {
@@ -344,6 +383,9 @@ mod tests {
             Frame::BootstrapReq,
             Frame::BootstrapEnd { items: 200_000 },
             Frame::BootstrapBegin { items: 7 },
+            Frame::Auth {
+                proof: [3; PROOF_LEN],
+            },
         ]
     }
 

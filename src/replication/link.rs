@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use crate::protocol::repl::NONCE_LEN;
+
 /// What the other end said in its hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerHello {
@@ -20,7 +22,12 @@ pub struct Link {
     pub dialed: bool,
     /// A dial still waiting for its connect to complete.
     pub connecting: bool,
+    /// Set once the handshake (and, with a secret, the peer's proof) is complete.
     pub peer: Option<PeerHello>,
+    /// The peer's hello while its proof is awaited.
+    pub pending: Option<(PeerHello, [u8; NONCE_LEN])>,
+    /// This side's nonce for this connection.
+    pub nonce: [u8; NONCE_LEN],
     pub rbuf: Vec<u8>,
     rpos: usize,
     pub wbuf: Vec<u8>,
@@ -45,6 +52,8 @@ impl Link {
             dialed,
             connecting,
             peer: None,
+            pending: None,
+            nonce: super::auth::nonce(),
             rbuf: Vec::with_capacity(64 * 1024),
             rpos: 0,
             wbuf: Vec::with_capacity(64 * 1024),

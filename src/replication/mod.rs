@@ -1,6 +1,7 @@
 //! The pair: the peer link, its handshake, streaming of changed keys, full-copy bootstrap,
 //! heartbeats, and the `repl_*` statistics. Runs on its own thread with its own mio::Poll.
 
+pub mod auth;
 mod dirty;
 mod link;
 mod node;
@@ -30,6 +31,8 @@ pub struct ReplConfig {
     pub bootstrap_timeout: Duration,
     pub cluster: String,
     pub pending_limit: usize,
+    /// The shared secret both nodes must prove (`--repl-secret-file`); None = no auth.
+    pub secret: Option<Vec<u8>>,
 }
 
 /// `repl_link_state` values.

@@ -13,6 +13,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::protocol::repl::{decode, encode, Frame, PROTOCOL_VERSION};
 use crate::storage::{Applied, CopyCursor, FlushState, RemoteState, StateRef, Store};
 
+use super::auth::{self, Side};
 use super::link::{Link, PeerHello, ReadResult};
 use super::{LinkState, Replicator};
 use crate::clock::wall_ms;
@@ -24,6 +25,8 @@ const FIRST_LINK: usize = 2;
 /// Stop queueing more frames for the peer while this much is unsent: changed keys then wait,
 /// coalesced, in the dirty set, and a copy waits at its cursor.
 const SEND_HIGH_WATER: usize = 4 << 20;
+/// Why the loser of the one-link race is closed.
+const DUPLICATE: &str = "duplicate connection";
 /// Longest stretch spent queueing and writing before the loop looks at other events.
 const FILL_SLICE: Duration = Duration::from_millis(20);
 /// Bytes read from a link before what arrived is applied.
@@ -247,6 +250,8 @@ impl Node {
                 node_id: self.node_id,
                 run_id: self.run_id,
                 wants_bootstrap: self.starting,
+                auth: self.repl.cfg.secret.is_some(),
+                nonce: link.nonce,
                 cluster: &cluster[..cluster.len().min(255)],
             },
             &mut link.wbuf,
@@ -381,6 +386,11 @@ impl Node {
                 None => return,
             };
             if let Err(why) = self.handle_frames(idx) {
+                // A refused handshake (wrong secret, cluster or version) is an operator's
+                // problem and is said at warning level; losing the one-link race is normal.
+                if self.active != Some(idx) && why != DUPLICATE {
+                    log::warn!("peer connection refused: {why}");
+                }
                 self.close(idx, &why);
                 return;
             }
@@ -440,18 +450,70 @@ impl Node {
     fn handle_input(&mut self, idx: usize, link: &mut Link) -> Result<(), String> {
         loop {
             let handshaken = link.peer.is_some();
+            let my_nonce = link.nonce;
+            // A copy, written back only once the frame is consumed: an incomplete frame
+            // returns early and must leave the handshake state as it was.
+            let mut pending = link.pending;
             let (input, wbuf) = link.split();
             let (frame, used) = match decode(input) {
                 Ok(Some(x)) => x,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(format!("bad frame from peer: {e}")),
             };
-            let hello = self.handle_frame(&frame, handshaken, wbuf)?;
+            let step = match frame {
+                Frame::Hello { nonce, .. } => {
+                    if handshaken || pending.is_some() {
+                        return Err("second hello on one connection".into());
+                    }
+                    let hello = self.check_hello(&frame)?;
+                    match &self.repl.cfg.secret {
+                        Some(secret) => {
+                            let me = Side {
+                                run_id: self.run_id,
+                                nonce: my_nonce,
+                            };
+                            let peer = Side {
+                                run_id: hello.run_id,
+                                nonce,
+                            };
+                            let proof = auth::proof(secret, me, peer);
+                            encode(&Frame::Auth { proof }, wbuf);
+                            pending = Some((hello, nonce));
+                            None
+                        }
+                        None => Some(hello),
+                    }
+                }
+                Frame::Auth { proof } => {
+                    let (Some(secret), Some((hello, nonce))) =
+                        (&self.repl.cfg.secret, pending.take())
+                    else {
+                        return Err("unexpected authentication frame".into());
+                    };
+                    let me = Side {
+                        run_id: self.run_id,
+                        nonce: my_nonce,
+                    };
+                    let peer = Side {
+                        run_id: hello.run_id,
+                        nonce,
+                    };
+                    if !auth::verify(secret, peer, me, &proof) {
+                        return Err("peer failed authentication (wrong secret?)".into());
+                    }
+                    Some(hello)
+                }
+                _ => {
+                    self.handle_frame(&frame, handshaken, wbuf)?;
+                    None
+                }
+            };
             link.consume(used);
-            if let Some(h) = hello {
+            link.pending = pending;
+            if let Some(h) = step {
                 link.peer = Some(h);
                 if !self.on_hello(idx, link, h) {
-                    return Err("duplicate connection".into());
+                    return Err(DUPLICATE.into());
                 }
             }
         }
@@ -493,45 +555,62 @@ impl Node {
         true
     }
 
-    /// Applies one frame. Returns the peer's hello when that is what it was.
+    /// Validates a peer's hello: protocol version, cluster name, authentication on both
+    /// sides or neither, and not ourselves.
+    fn check_hello(&self, f: &Frame) -> Result<PeerHello, String> {
+        let Frame::Hello {
+            version,
+            node_id,
+            run_id,
+            wants_bootstrap,
+            auth,
+            cluster,
+            ..
+        } = *f
+        else {
+            return Err("expected a hello".into());
+        };
+        let cfg = &self.repl.cfg;
+        if version != PROTOCOL_VERSION {
+            return Err(format!(
+                "peer speaks replication protocol {version}, not {PROTOCOL_VERSION}"
+            ));
+        }
+        if cluster != cfg.cluster.as_bytes() {
+            return Err(format!(
+                "peer belongs to cluster {:?}, not {:?}",
+                String::from_utf8_lossy(cluster),
+                cfg.cluster
+            ));
+        }
+        match (cfg.secret.is_some(), auth) {
+            (true, false) => return Err("peer does not authenticate; a secret is required".into()),
+            (false, true) => {
+                return Err("peer requires authentication: set --repl-secret-file here too".into())
+            }
+            _ => {}
+        }
+        if run_id == self.run_id {
+            return Err("connected to itself".into());
+        }
+        Ok(PeerHello {
+            node_id,
+            run_id,
+            wants_bootstrap,
+        })
+    }
+
+    /// Applies one data frame of an established link.
     fn handle_frame(
         &mut self,
         f: &Frame,
         handshaken: bool,
         wbuf: &mut Vec<u8>,
-    ) -> Result<Option<PeerHello>, String> {
+    ) -> Result<(), String> {
         let repl = Arc::clone(&self.repl);
         match *f {
-            Frame::Hello {
-                version,
-                node_id,
-                run_id,
-                wants_bootstrap,
-                cluster,
-            } => {
-                if handshaken {
-                    return Err("second hello on one connection".into());
-                }
-                if version != PROTOCOL_VERSION {
-                    return Err(format!(
-                        "peer speaks replication protocol {version}, not {PROTOCOL_VERSION}"
-                    ));
-                }
-                if cluster != repl.cfg.cluster.as_bytes() {
-                    return Err(format!(
-                        "peer belongs to cluster {:?}, not {:?}",
-                        String::from_utf8_lossy(cluster),
-                        repl.cfg.cluster
-                    ));
-                }
-                if run_id == self.run_id {
-                    return Err("connected to itself".into());
-                }
-                return Ok(Some(PeerHello {
-                    node_id,
-                    run_id,
-                    wants_bootstrap,
-                }));
+            Frame::Hello { .. } | Frame::Auth { .. } => {
+                return Err("handshake frame out of place".into());
             }
             _ if !handshaken => return Err("data before the handshake".into()),
             Frame::State {
@@ -607,7 +686,7 @@ impl Node {
                 }
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     fn applied(&mut self, a: Applied) {

@@ -41,7 +41,7 @@ pub fn run(cfg: Config) -> i32 {
     }
 }
 
-fn repl_config(cfg: &Config, peer: &str) -> ReplConfig {
+fn repl_config(cfg: &Config, peer: &str, secret: Option<&[u8]>) -> ReplConfig {
     let listen = cfg.repl_listen.unwrap_or_else(|| {
         let ip = cfg
             .listen
@@ -59,14 +59,45 @@ fn repl_config(cfg: &Config, peer: &str) -> ReplConfig {
         bootstrap_timeout: Duration::from_secs(cfg.repl_bootstrap_timeout),
         cluster: cfg.cluster_name.clone(),
         pending_limit: cfg.repl_backlog,
+        secret: secret.map(<[u8]>::to_vec),
     }
 }
 
+/// Reads the shared secret: the file's bytes without a trailing newline, never empty.
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut s = std::fs::read(path)
+        .map_err(|e| format!("cannot read the replication secret {}: {e}", path.display()))?;
+    while matches!(s.last(), Some(b'\n' | b'\r')) {
+        s.pop();
+    }
+    if s.is_empty() {
+        return Err(format!(
+            "the replication secret file {} is empty",
+            path.display()
+        ));
+    }
+    Ok(s)
+}
+
 fn serve(cfg: Config) -> Result<(), String> {
+    let secret = cfg
+        .repl_secret_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()?;
     let repl = cfg
         .peer
         .as_deref()
-        .map(|p| Replicator::new(repl_config(&cfg, p)));
+        .map(|p| Replicator::new(repl_config(&cfg, p, secret.as_deref())));
+    if let Some(r) = &repl {
+        if secret.is_none() && !r.cfg.listen.ip().is_loopback() {
+            log::warn!(
+                "the replication port {} is not on loopback and has no --repl-secret-file: \
+                 anyone who can reach it can read and write this cache",
+                r.cfg.listen
+            );
+        }
+    }
     let mut store = Store::new(StoreConfig {
         memory_limit: cfg.memory_limit,
         evictions: cfg.evictions,
