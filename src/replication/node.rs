@@ -52,6 +52,7 @@ struct Copy {
 struct Receiving {
     started: Instant,
     items: u64,
+    bytes: u64,
 }
 
 pub struct Node {
@@ -714,7 +715,10 @@ impl Node {
                     exptime,
                     value: Some(value),
                 };
-                self.applied(self.store.apply(st, crate::clock::unix_now()));
+                self.applied(
+                    self.store.apply(st, crate::clock::unix_now()),
+                    key.len() + value.len(),
+                );
                 self.count_received(wbuf);
             }
             Frame::Tombstone { version, key } => {
@@ -725,7 +729,7 @@ impl Node {
                     exptime: 0,
                     value: None,
                 };
-                self.applied(self.store.apply(st, crate::clock::unix_now()));
+                self.applied(self.store.apply(st, crate::clock::unix_now()), key.len());
                 self.count_received(wbuf);
             }
             Frame::Flush { watermark, at } => {
@@ -788,8 +792,9 @@ impl Node {
                     s.last_bootstrap_items.store(r.items, Ordering::Relaxed);
                     s.last_bootstrap_ms.store(ms, Ordering::Relaxed);
                     log::info!(
-                        "full copy received: {} items ({items} announced) in {ms} ms",
-                        r.items
+                        "full copy received: {} items, {} MB ({items} announced) in {ms} ms",
+                        r.items,
+                        r.bytes >> 20
                     );
                     repl.set_state(LinkState::Connected);
                     self.finish_start("full copy from the peer complete");
@@ -812,16 +817,18 @@ impl Node {
         }
     }
 
-    fn applied(&mut self, a: Applied) {
+    fn applied(&mut self, a: Applied, bytes: usize) {
         let s = &self.repl.stats;
         s.received_items.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = self.receiving.as_mut() {
             r.items += 1;
+            r.bytes += bytes as u64;
             if r.items % 100_000 == 0 {
                 let secs = r.started.elapsed().as_secs_f64().max(1e-3);
                 log::info!(
-                    "copy in progress: {} items ({:.0} items/s)",
+                    "copy in progress: {} items, {} MB ({:.0} items/s)",
                     r.items,
+                    r.bytes >> 20,
                     r.items as f64 / secs
                 );
             }
@@ -891,6 +898,7 @@ impl Node {
             self.receiving = Some(Receiving {
                 started: Instant::now(),
                 items: 0,
+                bytes: 0,
             });
         }
     }
