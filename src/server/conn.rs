@@ -187,27 +187,11 @@ impl Conn {
     /// Writes as much pending output as the socket takes. Returns bytes written, or an
     /// error when the connection is dead.
     pub fn flush(&mut self) -> io::Result<usize> {
-        let mut total = 0;
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.wpos += n;
-                    total += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+        let n = crate::netio::write_pending(&mut self.stream, &mut self.wbuf, &mut self.wpos)?;
+        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_BUF {
+            self.wbuf = Vec::new();
         }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-            if self.wbuf.capacity() > KEEP_BUF {
-                self.wbuf = Vec::new();
-            }
-        }
-        Ok(total)
+        Ok(n)
     }
 
     /// Gives back an oversized read buffer once it is empty.
