@@ -904,7 +904,9 @@ impl Node {
     }
 
     fn start_copy(&mut self, wbuf: &mut Vec<u8>) {
-        self.copy = Some(begin_copy(&self.repl, &self.store, wbuf));
+        let (copy, frames) = begin_copy(&self.repl, &self.store, wbuf);
+        self.copy = Some(copy);
+        self.sent += frames;
     }
 
     /// Queues changed keys and copy chunks for the active link, up to the high-water mark.
@@ -922,7 +924,9 @@ impl Node {
             self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
             log::info!("full resync with the peer: the pending record overflowed");
             if self.copy.is_none() {
-                self.copy = Some(begin_copy(&self.repl, &self.store, &mut link.wbuf));
+                let (copy, frames) = begin_copy(&self.repl, &self.store, &mut link.wbuf);
+                self.copy = Some(copy);
+                self.sent += frames;
             }
             encode(&Frame::BootstrapReq, &mut link.wbuf);
         }
@@ -1021,8 +1025,9 @@ impl Node {
     }
 }
 
-/// Starts a full copy to the peer: announces its size and returns its cursor.
-fn begin_copy(repl: &Replicator, store: &Store, wbuf: &mut Vec<u8>) -> Copy {
+/// Starts a full copy to the peer: announces its size and the flush state, and returns its
+/// cursor and how many data frames it queued (the acknowledgement count includes them).
+fn begin_copy(repl: &Replicator, store: &Store, wbuf: &mut Vec<u8>) -> (Copy, u64) {
     log::info!("sending a full copy to the peer");
     // The copy reads every key's current state, so what is pending now is covered by it;
     // changes from here on are marked again and sent live.
@@ -1030,11 +1035,24 @@ fn begin_copy(repl: &Replicator, store: &Store, wbuf: &mut Vec<u8>) -> Copy {
     let st = store.stats(crate::clock::unix_now());
     let items = st.curr_items + st.tombstones;
     encode(&Frame::BootstrapBegin { items }, wbuf);
+    // The flush state goes first: the receiver then drops every state the flush covers
+    // (flushed items still sit here until swept), and learns of a flush still to come.
+    let f = store.flush_state();
+    let mut frames = 0;
+    if f.oldest_live != 0 || f.oldest_version != 0 {
+        let frame = Frame::Flush {
+            watermark: f.oldest_version,
+            at: f.oldest_live,
+        };
+        encode(&frame, wbuf);
+        frames += 1;
+    }
     repl.stats.copies_sent.fetch_add(1, Ordering::Relaxed);
-    Copy {
+    let copy = Copy {
         cursor: CopyCursor::default(),
         items: 0,
-    }
+    };
+    (copy, frames)
 }
 
 fn encode_state(st: &StateRef, out: &mut Vec<u8>) {
