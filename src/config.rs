@@ -135,6 +135,8 @@ pub struct Config {
     pub repl_backlog: usize,
     /// `--repl-secret-file`: file holding the secret both nodes prove in the handshake.
     pub repl_secret_file: Option<PathBuf>,
+    /// `--repl-drain-timeout-ms`: on SIGTERM, how long to keep sending pending changes.
+    pub repl_drain_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -182,6 +184,7 @@ impl Default for Config {
             cluster_name: "repcached".to_string(),
             repl_backlog: 64 * 1024 * 1024,
             repl_secret_file: None,
+            repl_drain_timeout_ms: 10_000,
         }
     }
 }
@@ -329,6 +332,7 @@ pub const OPTIONS: &[OptSpec] = &[
     opt("", "repl-bootstrap-timeout", Some("secs"), "give up a start-up copy from the peer and serve alone after this\nlong (default: 60)", Supported),
     opt("", "cluster-name", Some("name"), "name both nodes of a pair must share (default: repcached)", Supported),
     opt("", "repl-secret-file", Some("file"), "shared secret both nodes must prove (HMAC challenge-response);\nwithout it the replication port is open to anyone who reaches it", Supported),
+    opt("", "repl-drain-timeout-ms", Some("ms"), "on SIGTERM, keep sending pending changes to the peer for at most\nthis long before exiting (default: 10000)", Supported),
     opt("", "repl-backlog-mb", Some("num"), "memory for changes not yet sent to the peer; beyond it the pair\nresyncs in full (default: 64)", Supported),
 ];
 
@@ -984,6 +988,9 @@ fn replication_options(m: &getopts::Matches, cfg: &mut Config) -> Result<(), Cli
                 cfg.repl_timeout_ms, cfg.repl_heartbeat_ms
             ),
         ));
+    }
+    if let Some(n) = positive("repl-drain-timeout-ms", "milliseconds")? {
+        cfg.repl_drain_timeout_ms = n;
     }
     if let Some(n) = positive("repl-bootstrap-timeout", "seconds")? {
         cfg.repl_bootstrap_timeout = n;

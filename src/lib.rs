@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod netio;
 pub mod protocol;
 pub mod replication;
 pub mod server;

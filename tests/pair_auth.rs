@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{cmd, free_port, poll_until, Server};
+use common::{cmd, free_fixed_port, free_port, poll_until, Server};
 use repcached::protocol::repl::{decode, encode, Frame, NONCE_LEN, PROTOCOL_VERSION};
 use repcached::replication::auth::{self, Side};
 
@@ -23,7 +23,7 @@ fn secret_file(name: &str, secret: &[u8]) -> String {
 /// A node whose peer never answers, so it serves alone at once; returns it and its
 /// replication address.
 fn lone_node(extra: &[&str]) -> (Server, SocketAddr) {
-    let repl = free_port();
+    let repl = free_fixed_port();
     let nowhere = format!("127.0.0.1:{}", free_port());
     let repl_s = repl.to_string();
     let mut args = vec![
@@ -296,7 +296,7 @@ fn a_stranger_does_not_disturb_the_real_link() {
         return; // replication is repcached\'s own
     }
     let file = secret_file("pair", SECRET);
-    let (ra, rb) = (free_port(), free_port());
+    let (ra, rb) = (free_fixed_port(), free_fixed_port());
     let (ra_s, rb_s) = (ra.to_string(), rb.to_string());
     let (peer_a, peer_b) = (format!("127.0.0.1:{rb}"), format!("127.0.0.1:{ra}"));
     let common_args = [
@@ -358,7 +358,7 @@ fn one_side_without_the_secret_never_links() {
         return; // replication is repcached\'s own
     }
     let file = secret_file("half", SECRET);
-    let (ra, rb) = (free_port(), free_port());
+    let (ra, rb) = (free_fixed_port(), free_fixed_port());
     let (ra_s, rb_s) = (ra.to_string(), rb.to_string());
     let (peer_a, peer_b) = (format!("127.0.0.1:{rb}"), format!("127.0.0.1:{ra}"));
     let a = Server::start(&["-X", &ra_s, "-x", &peer_a, "--repl-secret-file", &file]);

@@ -332,7 +332,7 @@ fn assert_same_order(
     let theirs: Vec<&String> = theirs.iter().filter(|n| !omitted(n)).collect();
     let ours: Vec<&String> = ours
         .iter()
-        .filter(|n| !n.starts_with("repl_") && *n != "repcached_version")
+        .filter(|n| !n.starts_with("repl_") && *n != "repcached_version" && *n != "cluster_name")
         .collect();
     assert_eq!(
         ours, theirs,

@@ -23,6 +23,7 @@ const T_BOOTSTRAP_REQ: u8 = 6;
 const T_BOOTSTRAP_END: u8 = 7;
 const T_BOOTSTRAP_BEGIN: u8 = 8;
 const T_AUTH: u8 = 9;
+const T_ACK: u8 = 10;
 /// Bytes of a handshake nonce.
 pub const NONCE_LEN: usize = 16;
 /// Bytes of an authentication proof (HMAC-SHA256).
@@ -75,6 +76,9 @@ pub enum Frame<'a> {
     BootstrapBegin { items: u64 },
     /// Proof of the shared secret: HMAC-SHA256 over both run ids and both nonces.
     Auth { proof: [u8; PROOF_LEN] },
+    /// The receiver has applied the first `received` data frames (State, Tombstone, Flush)
+    /// of this link: the sender may forget the keys behind them.
+    Ack { received: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,6 +240,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             r.end()?;
             Frame::BootstrapBegin { items }
         }
+        T_ACK => {
+            let received = r.u64()?;
+            r.end()?;
+            Frame::Ack { received }
+        }
         T_AUTH => {
             let mut proof = [0u8; PROOF_LEN];
             proof.copy_from_slice(r.take(PROOF_LEN)?);
@@ -327,6 +336,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Auth { proof } => {
             out.push(T_AUTH);
             out.extend_from_slice(&proof);
+        }
+        Frame::Ack { received } => {
+            out.push(T_ACK);
+            out.extend_from_slice(&received.to_be_bytes());
         }
     }
     let len = (out.len() - start - LEN) as u32;

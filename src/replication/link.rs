@@ -1,7 +1,7 @@
 //! One connection on the replication port: its socket, frame buffers and what its handshake
 //! told us about the other side.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -108,23 +108,6 @@ impl Link {
 
     /// Writes what the socket takes; an error means the link is dead.
     pub fn flush(&mut self) -> io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-        } else if self.wpos > self.wbuf.len() / 2 {
-            // Compact only once the sent part dominates, so each byte moves O(1) times.
-            self.wbuf.drain(..self.wpos);
-            self.wpos = 0;
-        }
-        Ok(())
+        crate::netio::write_pending(&mut self.stream, &mut self.wbuf, &mut self.wpos).map(|_| ())
     }
 }

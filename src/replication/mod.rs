@@ -33,6 +33,8 @@ pub struct ReplConfig {
     pub pending_limit: usize,
     /// The shared secret both nodes must prove (`--repl-secret-file`); None = no auth.
     pub secret: Option<Vec<u8>>,
+    /// How long a stopping node keeps sending pending changes to its peer.
+    pub drain_timeout: Duration,
 }
 
 /// `repl_link_state` values.
@@ -86,6 +88,8 @@ pub struct ReplStats {
     pub resyncs_full: AtomicU64,
     /// Copies this node served to its peer.
     pub copies_sent: AtomicU64,
+    /// Changes sent on the link that the peer has not acknowledged yet.
+    pub unacked: AtomicU64,
 }
 
 /// The handle the rest of the server holds.
@@ -170,6 +174,7 @@ impl Replicator {
         w("repl_lag_ms", &self.dirty.lag_ms());
         w("repl_pending_keys", &self.dirty.pending_keys());
         w("repl_pending_bytes", &self.dirty.pending_bytes());
+        w("repl_unacked_keys", &g(&s.unacked));
         w("repl_sent_items", &g(&s.sent_items));
         w("repl_received_items", &g(&s.received_items));
         w("repl_applied_items", &g(&s.applied_items));

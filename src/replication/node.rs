@@ -2,6 +2,7 @@
 //! one-link tie-break, streaming changed keys, serving and receiving full copies,
 //! heartbeats and the peer timeout.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ const FIRST_LINK: usize = 2;
 /// Stop queueing more frames for the peer while this much is unsent: changed keys then wait,
 /// coalesced, in the dirty set, and a copy waits at its cursor.
 const SEND_HIGH_WATER: usize = 4 << 20;
+/// A receiver acknowledges at least this often (in data frames), besides every heartbeat,
+/// so the sender's record of unacknowledged keys stays small on a busy link.
+const ACK_EVERY: u64 = 1024;
 /// Why the loser of the one-link race is closed.
 const DUPLICATE: &str = "duplicate connection";
 /// Longest stretch spent queueing and writing before the loop looks at other events.
@@ -48,6 +52,7 @@ struct Copy {
 struct Receiving {
     started: Instant,
     items: u64,
+    bytes: u64,
 }
 
 pub struct Node {
@@ -74,6 +79,14 @@ pub struct Node {
     keys: Vec<Box<[u8]>>,
     /// Work was left over with the socket ready for more: poll without sleeping.
     busy: bool,
+    /// Data frames sent on the active link, and the changed keys among them the peer has
+    /// not acknowledged yet: if the link breaks, those go back to the dirty set, because
+    /// whatever was still in buffers or in flight never reached the peer.
+    sent: u64,
+    unacked: VecDeque<(u64, Box<[u8]>)>,
+    unacked_flush: Option<(u64, FlushState)>,
+    /// Data frames received on the active link (acknowledged back every ACK_EVERY).
+    received: u64,
 }
 
 fn random_u64() -> u64 {
@@ -156,6 +169,10 @@ impl Node {
             last_peer_run: None,
             keys: Vec::new(),
             busy: false,
+            sent: 0,
+            unacked: VecDeque::new(),
+            unacked_flush: None,
+            received: 0,
         })
     }
 
@@ -180,20 +197,49 @@ impl Node {
             }
             self.tick();
         }
-        // Give the peer what is still pending, within a short bound, before exiting.
-        if let Some(i) = self.active {
-            self.fill(i);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline {
-                let done = match self.links[i].as_mut() {
-                    Some(l) => l.flush().is_err() || l.pending_output() == 0,
-                    None => true,
-                };
-                if done {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
+        self.drain_before_exit(&mut events);
+    }
+
+    /// On shutdown: the client listeners are closed and the workers stopped, so nothing
+    /// new is changing; send the peer every change still pending and wait until it has
+    /// acknowledged them (bytes still in socket buffers are not delivered yet), bounded by
+    /// the drain timeout, so a clean stop loses no write the peer could have had.
+    fn drain_before_exit(&mut self, events: &mut Events) {
+        let Some(i) = self.active else {
+            return;
+        };
+        let deadline = Instant::now() + self.repl.cfg.drain_timeout;
+        let mut asked: Option<Instant> = None;
+        loop {
+            self.service(i, true);
+            if self.active != Some(i) {
+                log::warn!("peer link lost while draining; exiting");
+                return;
             }
+            let unsent = self.links[i].as_ref().map_or(0, Link::pending_output);
+            let queued = unsent > 0 || self.copy.is_some() || !self.repl.dirty.is_empty();
+            let unacked = self.unacked.len() + usize::from(self.unacked_flush.is_some());
+            if !queued && unacked == 0 {
+                log::info!("replication drained; exiting");
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!(
+                    "exiting with {} changed keys pending and {unacked} unacknowledged \
+                     (drain timeout)",
+                    self.repl.dirty.pending_keys()
+                );
+                return;
+            }
+            // Everything is queued: ask for an acknowledgement (again if it is slow).
+            if !queued && asked.map_or(true, |t| now - t > self.repl.cfg.heartbeat) {
+                self.heartbeat();
+                asked = Some(now);
+                continue;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            let _ = self.poll.poll(events, Some(wait));
         }
     }
 
@@ -342,6 +388,7 @@ impl Node {
             log::warn!("peer link lost: {why}");
             self.active = None;
             self.copy = None;
+            self.requeue_unacked();
             if self.receiving.take().is_some() {
                 log::warn!("full copy from the peer interrupted; it restarts on reconnect");
             }
@@ -352,7 +399,48 @@ impl Node {
             log::debug!("peer connection closed: {why}");
             if link.dialed && link.peer.is_none() {
                 self.schedule_redial();
+                // Something accepted the connection but no peer answered (a proxy or a
+                // load balancer with nothing behind it): at start-up that is no peer to
+                // copy from. Once a peer was seen, a broken copy is retried instead.
+                if self.starting && self.active.is_none() && self.last_peer_run.is_none() {
+                    self.repl.set_state(LinkState::Down);
+                    self.finish_start("the peer did not complete a handshake");
+                }
             }
+        }
+    }
+
+    /// Queues a heartbeat (which the peer answers with an acknowledgement) on the active link.
+    fn heartbeat(&mut self) {
+        let Some(a) = self.active else { return };
+        let hlc = self.store.clock_now();
+        // Unacknowledged changes and a copy in progress are pending work too: a broken
+        // link sends them again.
+        let pending = self.repl.dirty.pending_keys() as u64
+            + self.unacked.len() as u64
+            + u64::from(self.copy.is_some());
+        if let Some(l) = self.links[a].as_mut() {
+            let frame = Frame::Heartbeat {
+                wall_ms: wall_ms(),
+                hlc,
+                pending,
+            };
+            encode(&frame, &mut l.wbuf);
+        }
+    }
+
+    /// Puts back what the lost link carried without acknowledgement, so it is sent again.
+    fn requeue_unacked(&mut self) {
+        let n = self.unacked.len();
+        for (_, key) in self.unacked.drain(..) {
+            self.repl.dirty.add(&key);
+        }
+        if let Some((_, f)) = self.unacked_flush.take() {
+            self.repl.dirty.add_flush(f);
+        }
+        self.repl.stats.unacked.store(0, Ordering::Relaxed);
+        if n > 0 {
+            log::info!("{n} changes sent but not acknowledged will be sent again");
         }
     }
 
@@ -627,7 +715,11 @@ impl Node {
                     exptime,
                     value: Some(value),
                 };
-                self.applied(self.store.apply(st, crate::clock::unix_now()));
+                self.applied(
+                    self.store.apply(st, crate::clock::unix_now()),
+                    key.len() + value.len(),
+                );
+                self.count_received(wbuf);
             }
             Frame::Tombstone { version, key } => {
                 let st = RemoteState {
@@ -637,12 +729,27 @@ impl Node {
                     exptime: 0,
                     value: None,
                 };
-                self.applied(self.store.apply(st, crate::clock::unix_now()));
+                self.applied(self.store.apply(st, crate::clock::unix_now()), key.len());
+                self.count_received(wbuf);
             }
-            Frame::Flush { watermark, at } => self.store.apply_flush_state(FlushState {
-                oldest_live: at,
-                oldest_version: watermark,
-            }),
+            Frame::Flush { watermark, at } => {
+                self.store.apply_flush_state(FlushState {
+                    oldest_live: at,
+                    oldest_version: watermark,
+                });
+                self.count_received(wbuf);
+            }
+            Frame::Ack { received } => {
+                while self.unacked.front().is_some_and(|(n, _)| *n <= received) {
+                    self.unacked.pop_front();
+                }
+                repl.stats
+                    .unacked
+                    .store(self.unacked.len() as u64, Ordering::Relaxed);
+                if self.unacked_flush.is_some_and(|(n, _)| n <= received) {
+                    self.unacked_flush = None;
+                }
+            }
             Frame::Heartbeat {
                 wall_ms: theirs,
                 hlc,
@@ -651,6 +758,13 @@ impl Node {
                 self.store.observe(hlc);
                 let skew = theirs as i64 - wall_ms() as i64;
                 repl.stats.clock_skew_ms.store(skew, Ordering::Relaxed);
+                // Acknowledge what arrived: the sender keeps its copies until then.
+                encode(
+                    &Frame::Ack {
+                        received: self.received,
+                    },
+                    wbuf,
+                );
                 if pending == 0 {
                     // Everything the peer changed before this heartbeat is already here
                     // (the link is ordered), so older states of keys deleted a while ago
@@ -678,8 +792,9 @@ impl Node {
                     s.last_bootstrap_items.store(r.items, Ordering::Relaxed);
                     s.last_bootstrap_ms.store(ms, Ordering::Relaxed);
                     log::info!(
-                        "full copy received: {} items ({items} announced) in {ms} ms",
-                        r.items
+                        "full copy received: {} items, {} MB ({items} announced) in {ms} ms",
+                        r.items,
+                        r.bytes >> 20
                     );
                     repl.set_state(LinkState::Connected);
                     self.finish_start("full copy from the peer complete");
@@ -689,16 +804,31 @@ impl Node {
         Ok(())
     }
 
-    fn applied(&mut self, a: Applied) {
+    /// Counts a data frame of the active link and acknowledges every ACK_EVERY of them.
+    fn count_received(&mut self, wbuf: &mut Vec<u8>) {
+        self.received += 1;
+        if self.received % ACK_EVERY == 0 {
+            encode(
+                &Frame::Ack {
+                    received: self.received,
+                },
+                wbuf,
+            );
+        }
+    }
+
+    fn applied(&mut self, a: Applied, bytes: usize) {
         let s = &self.repl.stats;
         s.received_items.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = self.receiving.as_mut() {
             r.items += 1;
+            r.bytes += bytes as u64;
             if r.items % 100_000 == 0 {
                 let secs = r.started.elapsed().as_secs_f64().max(1e-3);
                 log::info!(
-                    "copy in progress: {} items ({:.0} items/s)",
+                    "copy in progress: {} items, {} MB ({:.0} items/s)",
                     r.items,
+                    r.bytes >> 20,
                     r.items as f64 / secs
                 );
             }
@@ -712,6 +842,9 @@ impl Node {
 
     fn activate(&mut self, idx: usize, link: &mut Link, hello: PeerHello) {
         self.active = Some(idx);
+        self.sent = 0;
+        self.received = 0;
+        self.requeue_unacked();
         self.backoff = Duration::from_millis(50);
         let reconnect = self.last_peer_run.is_some();
         if reconnect {
@@ -765,23 +898,13 @@ impl Node {
             self.receiving = Some(Receiving {
                 started: Instant::now(),
                 items: 0,
+                bytes: 0,
             });
         }
     }
 
     fn start_copy(&mut self, wbuf: &mut Vec<u8>) {
-        log::info!("sending a full copy to the peer");
-        // The copy reads every key's current state, so what is pending now is covered by
-        // it; changes from here on are marked again and sent live.
-        self.repl.dirty.clear();
-        let st = self.store.stats(crate::clock::unix_now());
-        let items = st.curr_items + st.tombstones;
-        encode(&Frame::BootstrapBegin { items }, wbuf);
-        self.repl.stats.copies_sent.fetch_add(1, Ordering::Relaxed);
-        self.copy = Some(Copy {
-            cursor: CopyCursor::default(),
-            items: 0,
-        });
+        self.copy = Some(begin_copy(&self.repl, &self.store, wbuf));
     }
 
     /// Queues changed keys and copy chunks for the active link, up to the high-water mark.
@@ -793,6 +916,16 @@ impl Node {
             return;
         }
         let now = crate::clock::unix_now();
+        if self.repl.dirty.take_overflow() {
+            // Keys were dropped while this link was up (the peer could not keep up): only a
+            // full exchange repairs what it missed.
+            self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
+            log::info!("full resync with the peer: the pending record overflowed");
+            if self.copy.is_none() {
+                self.copy = Some(begin_copy(&self.repl, &self.store, &mut link.wbuf));
+            }
+            encode(&Frame::BootstrapReq, &mut link.wbuf);
+        }
         while link.pending_output() < SEND_HIGH_WATER && !self.repl.dirty.is_empty() {
             self.keys.clear();
             let flush = self.repl.dirty.drain(&mut self.keys, DRAIN_BATCH);
@@ -802,14 +935,23 @@ impl Node {
                     at: f.oldest_live,
                 };
                 encode(&frame, &mut link.wbuf);
+                self.sent += 1;
+                self.unacked_flush = Some((self.sent, f));
             }
             let mut sent = 0u64;
-            for key in &self.keys {
-                self.store.read_state(key, now, |st| {
-                    encode_state(&st, &mut link.wbuf);
-                    sent += 1;
+            for key in self.keys.drain(..) {
+                let wbuf = &mut link.wbuf;
+                let found = self.store.read_state(&key, now, |st| {
+                    encode_state(&st, wbuf);
                 });
+                if found {
+                    sent += 1;
+                    self.sent += 1;
+                    self.unacked.push_back((self.sent, key));
+                }
             }
+            let unacked = self.unacked.len() as u64;
+            self.repl.stats.unacked.store(unacked, Ordering::Relaxed);
             self.repl
                 .stats
                 .sent_items
@@ -827,6 +969,7 @@ impl Node {
                     n += 1;
                 });
             copy.items += n;
+            self.sent += n;
             self.repl.stats.sent_items.fetch_add(n, Ordering::Relaxed);
             if done {
                 encode(&Frame::BootstrapEnd { items: copy.items }, &mut link.wbuf);
@@ -859,21 +1002,7 @@ impl Node {
         }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.repl.cfg.heartbeat;
-            if let Some(a) = self.active {
-                let hlc = self.store.clock_now();
-                if let Some(l) = self.links[a].as_mut() {
-                    encode(
-                        &Frame::Heartbeat {
-                            wall_ms: wall_ms(),
-                            hlc,
-                            // A copy in progress is pending work too.
-                            pending: self.repl.dirty.pending_keys() as u64
-                                + u64::from(self.copy.is_some()),
-                        },
-                        &mut l.wbuf,
-                    );
-                }
-            }
+            self.heartbeat();
         }
         if self.active.is_none() && now >= self.next_dial {
             self.dial(false);
@@ -889,6 +1018,22 @@ impl Node {
                 self.fill_and_flush(i);
             }
         }
+    }
+}
+
+/// Starts a full copy to the peer: announces its size and returns its cursor.
+fn begin_copy(repl: &Replicator, store: &Store, wbuf: &mut Vec<u8>) -> Copy {
+    log::info!("sending a full copy to the peer");
+    // The copy reads every key's current state, so what is pending now is covered by it;
+    // changes from here on are marked again and sent live.
+    repl.dirty.clear();
+    let st = store.stats(crate::clock::unix_now());
+    let items = st.curr_items + st.tombstones;
+    encode(&Frame::BootstrapBegin { items }, wbuf);
+    repl.stats.copies_sent.fetch_add(1, Ordering::Relaxed);
+    Copy {
+        cursor: CopyCursor::default(),
+        items: 0,
     }
 }
 

@@ -78,8 +78,8 @@ pub const READ_CHUNK: usize = 16 * 1024;
 const KEEP_BUF: usize = 64 * 1024;
 
 pub enum ReadOutcome {
-    /// Some bytes arrived.
-    Data(usize),
+    /// Some bytes arrived; `drained` when fewer than asked for, i.e. the socket had no more.
+    Data { n: usize, drained: bool },
     /// Nothing available right now.
     WouldBlock,
     /// The peer closed its side (or the socket failed).
@@ -102,6 +102,9 @@ pub struct Conn {
     pub closing: bool,
     /// The client has shut down its sending side.
     pub eof: bool,
+    /// The last readiness event reported the client's side closed: read on to the EOF
+    /// even after a short read.
+    pub read_closed: bool,
     pub write_interest: bool,
 }
 
@@ -118,6 +121,7 @@ impl Conn {
             swallow: 0,
             closing: false,
             eof: false,
+            read_closed: false,
             write_interest: false,
         }
     }
@@ -161,12 +165,16 @@ impl Conn {
             self.rbuf.resize(grown, 0);
         }
         let end = (self.rlen + READ_CHUNK).min(self.rbuf.len());
+        let asked = end - self.rlen;
         loop {
             match self.stream.read(&mut self.rbuf[self.rlen..end]) {
                 Ok(0) => return ReadOutcome::Eof,
                 Ok(n) => {
                     self.rlen += n;
-                    return ReadOutcome::Data(n);
+                    return ReadOutcome::Data {
+                        n,
+                        drained: n < asked,
+                    };
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::WouldBlock,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -187,27 +195,11 @@ impl Conn {
     /// Writes as much pending output as the socket takes. Returns bytes written, or an
     /// error when the connection is dead.
     pub fn flush(&mut self) -> io::Result<usize> {
-        let mut total = 0;
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.wpos += n;
-                    total += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+        let n = crate::netio::write_pending(&mut self.stream, &mut self.wbuf, &mut self.wpos)?;
+        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_BUF {
+            self.wbuf = Vec::new();
         }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-            if self.wbuf.capacity() > KEEP_BUF {
-                self.wbuf = Vec::new();
-            }
-        }
-        Ok(total)
+        Ok(n)
     }
 
     /// Gives back an oversized read buffer once it is empty.

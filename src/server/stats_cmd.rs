@@ -338,6 +338,20 @@ fn settings(ctx: &Ctx, out: &mut Vec<u8>) {
     stat(out, "read_buf_mem_limit", 0);
     stat(out, "track_sizes", "no");
     stat(out, "inline_ascii_response", "no");
+    // The pair's settings (repcached's own).
+    stat(out, "repl_peer", cfg.peer.as_deref().unwrap_or("NULL"));
+    stat(out, "repl_port", cfg.repl_port);
+    match ctx.shared.repl.as_ref().map(|r| r.cfg.listen) {
+        Some(a) => stat(out, "repl_listen", a),
+        None => stat(out, "repl_listen", "NULL"),
+    }
+    stat(out, "repl_heartbeat_ms", cfg.repl_heartbeat_ms);
+    stat(out, "repl_timeout_ms", cfg.repl_timeout_ms);
+    stat(out, "repl_bootstrap_timeout", cfg.repl_bootstrap_timeout);
+    stat(out, "repl_drain_timeout_ms", cfg.repl_drain_timeout_ms);
+    stat(out, "repl_backlog_bytes", cfg.repl_backlog);
+    stat(out, "repl_auth", yes_no(cfg.repl_secret_file.is_some()));
+    stat(out, "cluster_name", &cfg.cluster_name);
 }
 
 /// One pseudo slab class (1) stands for the whole store: there are no size classes here,

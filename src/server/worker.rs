@@ -98,6 +98,11 @@ impl Worker {
                 if ev.token() == WAKE {
                     self.adopt_new();
                 } else {
+                    if ev.is_read_closed() {
+                        if let Some(Some(c)) = self.conns.get_mut(ev.token().0) {
+                            c.read_closed = true;
+                        }
+                    }
                     self.drive(ev.token().0);
                 }
             }
@@ -182,6 +187,7 @@ impl Worker {
         };
         let max_input = input_limit(shared.cfg.item_size_max);
         let mut dead = false;
+        let mut short_read = false;
         let step = loop {
             let step = process(conn, &ctx, &self.limits, shared.cfg.reqs_per_event);
             match conn.flush() {
@@ -199,6 +205,9 @@ impl Worker {
                 Step::Blocked if conn.pending_output() == 0 => continue,
                 other => break other,
             }
+            if short_read {
+                break Step::NeedInput;
+            }
             if conn.eof {
                 break Step::Close;
             }
@@ -210,7 +219,13 @@ impl Worker {
                 break Step::Close;
             }
             match conn.read_some() {
-                ReadOutcome::Data(n) => bump(&stats.bytes_read, n as u64),
+                ReadOutcome::Data { n, drained } => {
+                    bump(&stats.bytes_read, n as u64);
+                    // A short read emptied the socket: once this input is served, wait for
+                    // the next readiness event instead of spending a syscall to hear
+                    // "would block" (new data, or the client's FIN, raises a new event).
+                    short_read = drained && !conn.read_closed;
+                }
                 ReadOutcome::WouldBlock => break Step::NeedInput,
                 ReadOutcome::Eof => conn.eof = true,
             }

@@ -56,6 +56,23 @@ pub fn running_as_root() -> bool {
     })
 }
 
+/// A free port outside the kernel's ephemeral range, for ports a server is told about before
+/// it binds them (a peer's replication port): no outgoing connection or `bind(0)` elsewhere
+/// can take it in between. Chosen pseudo-randomly per process so parallel tests spread out.
+pub fn free_fixed_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base.wrapping_add(n.wrapping_mul(7919)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// A port that was free a moment ago. The server may still lose the race for it; `Server::start`
 /// retries with another port when that happens.
 pub fn free_port() -> u16 {
@@ -214,6 +231,28 @@ impl Server {
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM to this (our own) child by PID.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits up to `within` for the process to exit; its exit code, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling interval of a bounded wait for process exit.
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `stats` (or `stats <sub>` when `sub` is non-empty) over a fresh connection.

@@ -43,6 +43,8 @@ pub struct Proxy {
 
 /// How often blocked threads look at the mode and the stop flag.
 const TICK: Duration = Duration::from_millis(20);
+/// Throttling measures the rate over windows this long.
+const WINDOW: Duration = Duration::from_millis(20);
 
 impl Proxy {
     /// Starts a proxy on a free loopback port that forwards to `target`.
@@ -164,15 +166,18 @@ impl Inner {
                 Mode::BlackHole => continue,
                 Mode::Delay(d) => std::thread::sleep(d),
                 Mode::Throttle(bps) => {
-                    // Forward in slices that keep within `bps` per one-second window.
+                    // Forward in slices that keep within `bps`, measured over short windows
+                    // so the link trickles instead of bursting once a second (a peer timeout
+                    // shorter than a second must see a slow link, not a dead one).
+                    let per_window = (bps * WINDOW.as_millis() as u64 / 1000).max(1);
                     while !chunk.is_empty() {
-                        if window_start.elapsed() >= Duration::from_secs(1) {
+                        if window_start.elapsed() >= WINDOW {
                             window_start = Instant::now();
                             window_bytes = 0;
                         }
-                        let room = bps.saturating_sub(window_bytes) as usize;
+                        let room = per_window.saturating_sub(window_bytes) as usize;
                         if room == 0 {
-                            std::thread::sleep(TICK);
+                            std::thread::sleep(WINDOW.saturating_sub(window_start.elapsed()));
                             if self.stop.load(Ordering::Relaxed) {
                                 return;
                             }

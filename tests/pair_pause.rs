@@ -1,0 +1,79 @@
+//! A frozen peer (SIGSTOP) is reported `down` within the peer timeout; writes made meanwhile
+//! reach it once it runs again (SIGCONT), and the link comes back by itself.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cmd;
+use common::pair::{poll, snapshot, wait_link, Pair, SETTLE_WITHIN};
+
+#[test]
+fn a_paused_peer_is_detected_and_catches_up_after_resume() {
+    let mut p = Pair::start(&[]);
+    let mut ca = p.a.connect();
+    for i in 0..20 {
+        assert_eq!(
+            cmd(&mut ca, &format!("set pre{i} 0 0 3\r\npre\r\n")),
+            "STORED\r\n"
+        );
+    }
+    p.assert_converged(SETTLE_WITHIN);
+
+    p.b.pause();
+    let paused = Instant::now();
+    // The timeout is 600 ms; the margin covers scheduling on a loaded machine.
+    assert!(
+        poll(Duration::from_secs(4), || p.a.link_state().as_deref()
+            == Some("down")),
+        "A still says {:?} {:?} after B froze\n{}",
+        p.a.link_state(),
+        paused.elapsed(),
+        p.a.log()
+    );
+    let noticed = paused.elapsed();
+    assert!(
+        noticed >= Duration::from_millis(400),
+        "down after {noticed:?}, before the 600 ms timeout could pass"
+    );
+
+    // A keeps serving alone, and what it takes is owed to B.
+    for i in 0..100 {
+        assert_eq!(
+            cmd(&mut ca, &format!("set mid{i} 4 0 3\r\nmid\r\n")),
+            "STORED\r\n"
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(cmd(&mut ca, &format!("delete pre{i}\r\n")), "DELETED\r\n");
+    }
+    let pending: u64 = p.a.repl_u64("repl_pending_keys");
+    assert!(pending >= 110, "A records only {pending} changes for B");
+
+    p.b.resume();
+    assert!(
+        wait_link(&p.a, "connected", SETTLE_WITHIN) && wait_link(&p.b, "connected", SETTLE_WITHIN),
+        "link did not come back: A {:?} B {:?}\n{}",
+        p.a.link_state(),
+        p.b.link_state(),
+        p.logs()
+    );
+    p.assert_converged(SETTLE_WITHIN);
+    let keys: Vec<String> = (0..100)
+        .map(|i| format!("mid{i}"))
+        .chain((0..20).map(|i| format!("pre{i}")))
+        .collect();
+    let (sa, sb) = (snapshot(&p.a, &keys), snapshot(&p.b, &keys));
+    assert_eq!(sa, sb);
+    assert!(sb[..100]
+        .iter()
+        .all(|g| g.as_ref().map(|g| g.flags) == Some(4)));
+    assert!(
+        sb[100..110].iter().all(Option::is_none),
+        "deletes made during the pause lost"
+    );
+    assert!(sb[110..].iter().all(Option::is_some));
+    assert!(p.a.repl_u64("repl_reconnects") >= 1);
+    // B was never restarted: no second copy, a partial resync.
+    assert_eq!(p.b.repl_u64("repl_bootstraps"), 0);
+}
