@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{find, running_as_root, Conn};
+use super::{find, free_fixed_port, running_as_root, Conn};
 
 /// Heartbeat and peer timeout short enough that a lost peer is noticed in well under a second.
 pub const FAST: [&str; 4] = ["--repl-heartbeat-ms", "100", "--repl-timeout-ms", "600"];
@@ -28,25 +28,6 @@ pub const SETTLE_WITHIN: Duration = Duration::from_secs(15);
 
 /// How long one stats probe may take (a stopped node never answers).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A port that is free now and outside the kernel's ephemeral range (32768-60999 here), so no
-/// outgoing connection can take it before the node binds it: a node is told its peer's ports
-/// before either binds, and a copying node binds its client port late. Spread pseudo-randomly
-/// per process so parallel test binaries rarely pick the same ones; a clash shows as a bind
-/// failure and `Pair::start_in` retries.
-pub fn free_fixed_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = std::process::id().wrapping_mul(2_246_822_519);
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 12_000 + (base.wrapping_add(n.wrapping_mul(7_927)) % 20_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between 12000 and 32000");
-}
 
 fn repcached() -> &'static str {
     env!("CARGO_BIN_EXE_repcached")
