@@ -513,6 +513,15 @@ pub fn wait_converged(a: &Node, b: &Node, within: Duration) -> bool {
     })
 }
 
+/// Waits until `node` holds no change its peer has not acknowledged (`repl_unacked_keys`
+/// is 0; a server without that field has nothing to wait for).
+pub fn wait_acked(node: &Node, within: Duration) -> bool {
+    poll(within, || {
+        node.try_stats("repl")
+            .is_some_and(|r| r.get("repl_unacked_keys").map_or(true, |v| v == "0"))
+    })
+}
+
 /// One key as `gets` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Got {
