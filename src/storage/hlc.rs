@@ -1,11 +1,14 @@
-//! The hybrid logical clock that versions every item: physical milliseconds in the high
+//! The hybrid logical clock that versions every item: physical microseconds in the high
 //! bits, a logical counter below them, the node id in the lowest byte.
 //!
 //! Layout of a version (most significant first):
-//! `[42 bits: ms since 2020-01-01 UTC][14 bits: logical][8 bits: node id]`.
-//! 42 bits of milliseconds last until the year 2159; 14 logical bits allow 16384 versions
-//! per millisecond before the clock borrows from the next millisecond (it then runs a
-//! little ahead of the wall clock, which HLCs tolerate).
+//! `[52 bits: µs since 2020-01-01 UTC][4 bits: logical][8 bits: node id]`.
+//! 52 bits of microseconds last until the year 2162; 4 logical bits allow 16 versions per
+//! microsecond before the clock borrows from the next one (it then runs a little ahead of
+//! the wall clock, which HLCs tolerate). Microseconds rather than milliseconds because two
+//! writes by one client to the two nodes, one after the other's reply, are microseconds
+//! apart, and the later one must win: with millisecond ticks they would often share a tick
+//! and be ordered by node id instead.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -13,31 +16,37 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Unix milliseconds of 2020-01-01T00:00:00Z, the zero of the physical part.
 pub const EPOCH_UNIX_MS: u64 = 1_577_836_800_000;
-/// Bits below the physical milliseconds (logical counter + node id).
-pub const PHYSICAL_SHIFT: u32 = 22;
+const EPOCH_UNIX_US: u64 = EPOCH_UNIX_MS * 1000;
+/// Bits below the physical microseconds (logical counter + node id).
+pub const PHYSICAL_SHIFT: u32 = 12;
 const NODE_BITS: u32 = 8;
 const NODE_MASK: u64 = (1 << NODE_BITS) - 1;
 
-/// A source of unix time in milliseconds; injectable so tests can step time backwards.
+/// A source of unix time in microseconds; injectable so tests can step time backwards.
 pub type ClockFn = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// The system wall clock in unix milliseconds.
-pub fn system_clock_ms() -> u64 {
+/// The system wall clock in unix microseconds.
+pub fn system_clock_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
 /// The lowest version whose physical part is at or after `unix_ms`: every version created
 /// before that instant (by any node whose clock agrees) compares below it.
 pub fn version_floor_at_unix_ms(unix_ms: u64) -> u64 {
-    unix_ms.saturating_sub(EPOCH_UNIX_MS) << PHYSICAL_SHIFT
+    unix_ms.saturating_mul(1000).saturating_sub(EPOCH_UNIX_US) << PHYSICAL_SHIFT
+}
+
+/// Unix microseconds encoded in a version's physical part.
+pub fn unix_us_of(version: u64) -> u64 {
+    (version >> PHYSICAL_SHIFT) + EPOCH_UNIX_US
 }
 
 /// Unix milliseconds encoded in a version's physical part.
 pub fn unix_ms_of(version: u64) -> u64 {
-    (version >> PHYSICAL_SHIFT) + EPOCH_UNIX_MS
+    unix_us_of(version) / 1000
 }
 
 /// The node id stored in a version.
@@ -66,10 +75,10 @@ impl std::fmt::Debug for Hlc {
 impl Hlc {
     /// A clock on the system wall clock.
     pub fn new(node: u8) -> Hlc {
-        Hlc::with_clock(node, Arc::new(system_clock_ms))
+        Hlc::with_clock(node, Arc::new(system_clock_us))
     }
 
-    /// A clock on an injected time source (unix milliseconds).
+    /// A clock on an injected time source (unix microseconds).
     pub fn with_clock(node: u8, clock: ClockFn) -> Hlc {
         Hlc {
             node: AtomicU8::new(node),
@@ -91,7 +100,7 @@ impl Hlc {
     /// A new version, strictly greater than every version this clock issued or observed,
     /// even when the wall clock stepped backwards.
     pub fn next(&self) -> u64 {
-        let physical = version_floor_at_unix_ms((self.clock)());
+        let physical = ((self.clock)().saturating_sub(EPOCH_UNIX_US)) << PHYSICAL_SHIFT;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             // Adding one logical tick to the previous value (node bits cleared) carries into
@@ -123,7 +132,7 @@ impl Hlc {
 
     /// The current wall-clock reading of this clock's time source, in unix milliseconds.
     pub fn now_ms(&self) -> u64 {
-        (self.clock)()
+        (self.clock)() / 1000
     }
 }
 
@@ -132,10 +141,15 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
 
+    /// A settable clock; `set_ms` below stores milliseconds in it (as microseconds).
     fn manual(start_ms: u64) -> (Arc<AtomicU64>, ClockFn) {
-        let t = Arc::new(AtomicU64::new(start_ms));
+        let t = Arc::new(AtomicU64::new(start_ms * 1000));
         let t2 = t.clone();
         (t, Arc::new(move || t2.load(Ordering::SeqCst)))
+    }
+
+    fn set_ms(t: &AtomicU64, ms: u64) {
+        t.store(ms * 1000, Ordering::SeqCst);
     }
 
     #[test]
@@ -156,10 +170,10 @@ mod tests {
         for i in 0..50_000u64 {
             if i == 100 {
                 // wall clock jumps back an hour
-                t.store(EPOCH_UNIX_MS + 1_000_000 - 3_600_000, Ordering::SeqCst);
+                set_ms(&t, EPOCH_UNIX_MS + 1_000_000 - 3_600_000);
             }
             if i == 20_000 {
-                t.store(EPOCH_UNIX_MS + 2_000_000, Ordering::SeqCst);
+                set_ms(&t, EPOCH_UNIX_MS + 2_000_000);
             }
             let v = h.next();
             assert!(v > prev, "{v} <= {prev} at {i}");
@@ -171,16 +185,28 @@ mod tests {
     }
 
     #[test]
-    fn logical_overflow_borrows_the_next_millisecond() {
+    fn logical_overflow_borrows_the_next_microsecond() {
         let (_t, clock) = manual(EPOCH_UNIX_MS + 10);
         let h = Hlc::with_clock(0, clock);
         let first = h.next();
-        for _ in 0..(1 << 14) {
+        for _ in 0..(1 << 4) {
             h.next();
         }
         let v = h.next();
         assert!(v > first);
-        assert_eq!(unix_ms_of(v), EPOCH_UNIX_MS + 11);
+        assert_eq!(unix_us_of(v), (EPOCH_UNIX_MS + 10) * 1000 + 1);
+    }
+
+    #[test]
+    fn a_microsecond_later_orders_later_on_any_node() {
+        // Two nodes, the second one a microsecond later: the later write wins whatever the
+        // node ids (a client's round trip is always longer than that).
+        let (t, clock) = manual(EPOCH_UNIX_MS + 10);
+        let high = Hlc::with_clock(250, clock.clone());
+        let low = Hlc::with_clock(1, clock);
+        let first = high.next();
+        t.fetch_add(1, Ordering::SeqCst);
+        assert!(low.next() > first);
     }
 
     #[test]

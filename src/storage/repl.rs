@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn any_delivery_order_with_duplicates_converges() {
         for seed in 1..=40u64 {
-            let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+            let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
             let (a, b) = (node(1, &clock), node(2, &clock));
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
             let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn applying_is_idempotent_and_keeps_the_higher_version() {
-        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
         let (a, b) = (node(1, &clock), node(2, &clock));
         a.store(StoreCmd::Set, b"k", 0, 0, b"old", 0, NOW);
         let old = capture(&a, b"k").expect("state");
@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn tombstones_stop_older_states_and_stay_invisible() {
-        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
         let (a, b) = (node(1, &clock), node(2, &clock));
         a.store(StoreCmd::Set, b"k", 0, 0, b"v", 0, NOW);
         let live = capture(&a, b"k").expect("state");
@@ -453,7 +453,7 @@ mod tests {
 
     #[test]
     fn reserve_sizes_tables_without_changing_contents() {
-        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
         let a = node(1, &clock);
         a.store(StoreCmd::Set, b"k", 0, 0, b"v", 0, NOW);
         let before = a.digest(NOW);
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn tombstones_past_the_horizon_are_swept() {
-        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
         let a = node(1, &clock);
         a.store(StoreCmd::Set, b"k", 0, 0, b"v", 0, NOW);
         a.delete(b"k", NOW);
@@ -500,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_replicated_flush_removes_older_states_on_both_nodes() {
-        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
         let (a, b) = (node(1, &clock), node(2, &clock));
         a.store(StoreCmd::Set, b"old", 0, 0, b"v", 0, NOW);
         let old = capture(&a, b"old").expect("state");
@@ -525,7 +525,7 @@ mod tests {
 
     #[test]
     fn touch_takes_a_new_version_in_a_pair() {
-        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
         let (a, b) = (node(1, &clock), node(2, &clock));
         a.store(StoreCmd::Set, b"k", 0, 0, b"v", 0, NOW);
         deliver(&b, &capture(&a, b"k").expect("state"));
@@ -538,7 +538,7 @@ mod tests {
 
     #[test]
     fn node_ids_can_move_and_versions_keep_rising() {
-        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1000));
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
         let a = node(7, &clock);
         let before = a.clock_now();
         let id = a.reroll_node_id(7);

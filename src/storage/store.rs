@@ -190,7 +190,7 @@ impl Store {
         let n = cfg.shards.max(1).next_power_of_two();
         let hasher = DefaultHashBuilder::default();
         let shards: Vec<Mutex<Shard>> = (0..n).map(|_| Mutex::new(Shard::new(hasher))).collect();
-        let started = (hlc::system_clock_ms() / 1000) as u32;
+        let started = (hlc::system_clock_us() / 1_000_000) as u32;
         Store {
             hlc: Hlc::new(cfg.node_id),
             limit: AtomicUsize::new(cfg.memory_limit),

@@ -20,7 +20,7 @@ fn cfg(limit: usize, shards: usize) -> StoreConfig {
 }
 
 fn clock_at(secs: u32) -> (Arc<AtomicU64>, hlc::ClockFn) {
-    let t = Arc::new(AtomicU64::new(u64::from(secs) * 1000));
+    let t = Arc::new(AtomicU64::new(u64::from(secs) * 1_000_000));
     let t2 = t.clone();
     (t, Arc::new(move || t2.load(Ordering::SeqCst)))
 }
@@ -729,7 +729,7 @@ fn versions_use_the_injected_clock() {
     let v = s.get(b"a", NOW, |it| it.version).1.unwrap_or(0);
     assert_eq!(hlc::unix_ms_of(v), u64::from(NOW) * 1000);
     assert_eq!(hlc::node_of(v), 1);
-    t.store(u64::from(NOW) * 1000 - 60_000, Ordering::SeqCst); // clock steps back
+    t.store(u64::from(NOW) * 1_000_000 - 60_000_000, Ordering::SeqCst); // clock steps back
     set(&s, "a", "2", 0, NOW);
     let v2 = s.get(b"a", NOW, |it| it.version).1.unwrap_or(0);
     assert!(v2 > v);
