@@ -231,8 +231,8 @@ fn flush_all_replicates_both_ways() {
     p.assert_converged(SETTLE_WITHIN);
     assert_eq!(cmd(&mut cb, "flush_all\r\n"), "OK\r\n");
     p.assert_converged(SETTLE_WITHIN);
-    // Written on the other node once the flush has reached it: survives on both. (A write
-    // made on A in the same millisecond as the flush on B may lose; pair_ordering.rs.)
+    // Written on the other node once the flush has reached it: survives on both (a write
+    // racing the flush frame is pair_ordering.rs's subject).
     assert_eq!(cmd(&mut ca, "set after 0 0 1\r\nz\r\n"), "STORED\r\n");
     let names: Vec<String> = (0..10)
         .flat_map(|i| [format!("fa{i}"), format!("fb{i}")])
