@@ -170,3 +170,48 @@ fn a_restarted_node_honours_a_pending_delayed_flush() {
         p.logs()
     );
 }
+
+/// A restarted node whose peer is frozen gives up on its copy after the bootstrap timeout and
+/// serves alone; once the peer runs again, the two must still end with the same data: the
+/// peer's older items (already acknowledged by the node's previous incarnation) included.
+#[test]
+fn a_node_that_served_alone_after_a_bootstrap_timeout_still_converges() {
+    let mut p = Pair::start(&["--repl-bootstrap-timeout", "1"]);
+    common::pair::load(&p.a, "old", 100, b"from-a");
+    p.assert_converged(SETTLE_WITHIN);
+    assert!(common::pair::wait_acked(&p.a, SETTLE_WITHIN));
+
+    p.b.kill9();
+    p.a.pause();
+    // A's kernel still accepts B's dial, but nobody answers the handshake: B waits for its
+    // copy until the 1 s bootstrap timeout, then serves alone.
+    p.b.restart();
+    let mut cb = p.b.connect();
+    assert_eq!(
+        cmd(&mut cb, "get old0\r\n"),
+        "END\r\n",
+        "B cannot have a copy"
+    );
+    for i in 0..10 {
+        assert_eq!(
+            cmd(&mut cb, &format!("set alone{i} 0 0 1\r\nb\r\n")),
+            "STORED\r\n"
+        );
+    }
+    p.a.resume();
+    p.assert_connected(SETTLE_WITHIN);
+    assert!(
+        common::pair::wait_converged(&p.a, &p.b, SETTLE_WITHIN),
+        "no convergence: A {:?} B {:?}\nA repl {:?}\nB repl {:?}\n{}",
+        common::pair::try_digest(&p.a),
+        common::pair::try_digest(&p.b),
+        p.a.try_stats("repl"),
+        p.b.try_stats("repl"),
+        p.logs()
+    );
+    assert_eq!(digest(&p.b).0, 110);
+    assert_eq!(
+        cmd(&mut cb, "get old0\r\n"),
+        "VALUE old0 0 6\r\nfrom-a\r\nEND\r\n"
+    );
+}
