@@ -166,6 +166,8 @@ fn a_starting_node_copies_a_large_data_set_under_writes_before_serving() {
         "copy: {copied} items, B ready {:?} after spawn, {refused} refused connects, {n} writer rounds",
         ready_at - spawned
     );
+    // PAIR_LOGS=1 (with --nocapture) shows what the copy really moved: A's repl_sent_items
+    // against the copy size, B's repl_rejected_older for states it already had.
     if std::env::var("PAIR_LOGS").is_ok() {
         eprintln!(
             "A repl {:?}\nB repl {:?}",
