@@ -33,7 +33,13 @@ fn hammer(
             x ^= x << 17;
             let k = (x % KEYS as u64) as usize;
             let r = match (x >> 32) % 8 {
-                0..=3 => cmd(&mut c, &format!("set key{k} {seed} 0 6\r\n{tag}{n:05}\r\n")),
+                0..=3 => {
+                    let v = format!("{tag}{n}");
+                    cmd(
+                        &mut c,
+                        &format!("set key{k} {} 0 {}\r\n{v}\r\n", seed % 1000, v.len()),
+                    )
+                }
                 4 => cmd(&mut c, &format!("append key{k} 0 0 1\r\n{}\r\n", &tag[..1])),
                 5 => cmd(&mut c, &format!("delete key{k}\r\n")),
                 6 => cmd(&mut c, &format!("incr num{k} 1\r\n")),

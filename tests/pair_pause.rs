@@ -20,6 +20,8 @@ fn a_paused_peer_is_detected_and_catches_up_after_resume() {
     }
     p.assert_converged(SETTLE_WITHIN);
 
+    let boots_before = p.b.repl_u64("repl_bootstraps");
+    let resyncs_before = p.a.repl_u64("repl_resyncs_partial");
     p.b.pause();
     let paused = Instant::now();
     // The timeout is 600 ms; the margin covers scheduling on a loaded machine.
@@ -74,6 +76,68 @@ fn a_paused_peer_is_detected_and_catches_up_after_resume() {
     );
     assert!(sb[110..].iter().all(Option::is_some));
     assert!(p.a.repl_u64("repl_reconnects") >= 1);
-    // B was never restarted: no second copy, a partial resync.
-    assert_eq!(p.b.repl_u64("repl_bootstraps"), 0);
+    // B was never restarted: no second copy; the changes came as a partial resync.
+    assert_eq!(p.b.repl_u64("repl_bootstraps"), boots_before);
+    assert!(p.a.repl_u64("repl_resyncs_partial") > resyncs_before);
+}
+
+/// A node frozen in the middle of its start-up copy: its peer gives up on the link, and once
+/// the node runs again it restarts the copy, gets everything (writes made meanwhile too), and
+/// only then serves clients.
+#[test]
+fn a_node_paused_during_its_copy_restarts_the_copy_and_converges() {
+    const ITEMS: usize = 200_000;
+    let mut p = common::pair::Pair::new(&[]);
+    p.a.start();
+    common::pair::load(&p.a, "boot", ITEMS, b"0123456789abcdef0123456789abcdef");
+    p.b.spawn();
+    assert!(
+        poll(Duration::from_secs(10), || p
+            .b
+            .log()
+            .contains("-> bootstrapping")),
+        "B never started its copy:\n{}",
+        p.logs()
+    );
+    p.b.pause();
+    assert!(
+        p.b.try_connect().is_err(),
+        "B accepted a client in the middle of its copy"
+    );
+    assert!(
+        poll(Duration::from_secs(4), || p.a.link_state().as_deref()
+            == Some("down")),
+        "A did not give up on the frozen B: {:?}\n{}",
+        p.a.link_state(),
+        p.a.log()
+    );
+    let mut ca = p.a.connect();
+    for i in 0..50 {
+        assert_eq!(
+            cmd(&mut ca, &format!("set during{i} 0 0 1\r\nd\r\n")),
+            "STORED\r\n"
+        );
+    }
+    assert_eq!(cmd(&mut ca, "delete boot7\r\n"), "DELETED\r\n");
+
+    p.b.resume();
+    if let Err(e) = p.b.wait_ready(common::pair::READY_WITHIN) {
+        panic!("{}\n{}", e.why, p.a.log());
+    }
+    p.assert_connected(SETTLE_WITHIN);
+    p.assert_converged(SETTLE_WITHIN);
+    assert_eq!(common::pair::digest(&p.b).0, ITEMS as u64 - 1 + 50);
+    assert!(p.b.repl_u64("repl_bootstraps") >= 1);
+    // The freeze did cut a copy short: A served a second one.
+    assert!(
+        p.a.repl_u64("repl_copies_sent") >= 2,
+        "the copy finished before B froze (the test needs a longer copy)\n{}",
+        p.logs()
+    );
+    let mut cb = p.b.connect();
+    assert_eq!(
+        cmd(&mut cb, "get during49\r\n"),
+        "VALUE during49 0 1\r\nd\r\nEND\r\n"
+    );
+    assert_eq!(cmd(&mut cb, "get boot7\r\n"), "END\r\n");
 }

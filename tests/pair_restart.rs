@@ -108,3 +108,110 @@ fn a_killed_and_restarted_catches_up() {
     let mut p = Pair::start(&[]);
     kill_and_restart(&mut p, false);
 }
+
+/// Items flushed on the survivor (but not yet swept from memory) must not come back through
+/// the copy a restarted node takes: the flush happened before the restart.
+#[test]
+fn a_restarted_node_does_not_copy_flushed_items() {
+    let mut p = Pair::start(&[]);
+    common::pair::load(&p.a, "f", 1000, b"flushed");
+    p.assert_converged(SETTLE_WITHIN);
+    let mut ca = p.a.connect();
+    assert_eq!(cmd(&mut ca, "flush_all\r\n"), "OK\r\n");
+    assert_eq!(cmd(&mut ca, "set kept 0 0 4\r\nkept\r\n"), "STORED\r\n");
+    p.assert_converged(SETTLE_WITHIN);
+    assert_eq!(digest(&p.b).0, 1, "the flush did not reach B");
+    // B has acknowledged everything, the flush included: A owes it nothing any more, so
+    // only the copy itself can tell the new B about the flush.
+    assert!(common::pair::wait_acked(&p.a, SETTLE_WITHIN));
+
+    p.b.kill9();
+    p.b.restart();
+    assert!(
+        common::pair::wait_converged(&p.a, &p.b, SETTLE_WITHIN),
+        "restarted B differs from A after a flush: A {:?} B {:?}; B repl {:?}\n{}",
+        common::pair::try_digest(&p.a),
+        common::pair::try_digest(&p.b),
+        p.b.try_stats("repl"),
+        p.logs()
+    );
+    let mut cb = p.b.connect();
+    assert_eq!(cmd(&mut cb, "get f0 f999\r\n"), "END\r\n");
+    assert_eq!(digest(&p.b).0, 1);
+}
+
+/// A delayed flush announced before a node restarted still empties it when it falls due.
+#[test]
+fn a_restarted_node_honours_a_pending_delayed_flush() {
+    let mut p = Pair::start(&[]);
+    common::pair::load(&p.a, "df", 100, b"doomed");
+    p.assert_converged(SETTLE_WITHIN);
+    let mut ca = p.a.connect();
+    let given = std::time::Instant::now();
+    // Due between 1 and 2 s from now (memcached's rule, see pair_commands).
+    assert_eq!(cmd(&mut ca, "flush_all 3\r\n"), "OK\r\n");
+    p.assert_converged(SETTLE_WITHIN);
+    assert!(common::pair::wait_acked(&p.a, SETTLE_WITHIN));
+    p.b.kill9();
+    p.b.restart();
+    p.assert_converged(SETTLE_WITHIN);
+    assert!(
+        given.elapsed() < std::time::Duration::from_secs(1),
+        "too slow to restart B before the flush fell due"
+    );
+    assert_eq!(digest(&p.b).0, 100, "B did not copy the items");
+    let empty = |n: &Node| common::pair::try_digest(n).map(|d| d.0) == Some(0);
+    assert!(
+        common::pair::poll(std::time::Duration::from_secs(6), || empty(&p.a)
+            && empty(&p.b)),
+        "after the delayed flush: A {:?} B {:?}\n{}",
+        common::pair::try_digest(&p.a),
+        common::pair::try_digest(&p.b),
+        p.logs()
+    );
+}
+
+/// A restarted node whose peer is frozen gives up on its copy after the bootstrap timeout and
+/// serves alone; once the peer runs again, the two must still end with the same data: the
+/// peer's older items (already acknowledged by the node's previous incarnation) included.
+#[test]
+fn a_node_that_served_alone_after_a_bootstrap_timeout_still_converges() {
+    let mut p = Pair::start(&["--repl-bootstrap-timeout", "1"]);
+    common::pair::load(&p.a, "old", 100, b"from-a");
+    p.assert_converged(SETTLE_WITHIN);
+    assert!(common::pair::wait_acked(&p.a, SETTLE_WITHIN));
+
+    p.b.kill9();
+    p.a.pause();
+    // A's kernel still accepts B's dial, but nobody answers the handshake: B waits for its
+    // copy until the 1 s bootstrap timeout, then serves alone.
+    p.b.restart();
+    let mut cb = p.b.connect();
+    assert_eq!(
+        cmd(&mut cb, "get old0\r\n"),
+        "END\r\n",
+        "B cannot have a copy"
+    );
+    for i in 0..10 {
+        assert_eq!(
+            cmd(&mut cb, &format!("set alone{i} 0 0 1\r\nb\r\n")),
+            "STORED\r\n"
+        );
+    }
+    p.a.resume();
+    p.assert_connected(SETTLE_WITHIN);
+    assert!(
+        common::pair::wait_converged(&p.a, &p.b, SETTLE_WITHIN),
+        "no convergence: A {:?} B {:?}\nA repl {:?}\nB repl {:?}\n{}",
+        common::pair::try_digest(&p.a),
+        common::pair::try_digest(&p.b),
+        p.a.try_stats("repl"),
+        p.b.try_stats("repl"),
+        p.logs()
+    );
+    assert_eq!(digest(&p.b).0, 110);
+    assert_eq!(
+        cmd(&mut cb, "get old0\r\n"),
+        "VALUE old0 0 6\r\nfrom-a\r\nEND\r\n"
+    );
+}

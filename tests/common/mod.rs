@@ -576,3 +576,4 @@ fn answering_pid(mut probe: TcpStream) -> Option<u32> {
         .find_map(|l| l.strip_prefix("STAT pid "))
         .and_then(|v| v.trim().parse().ok())
 }
+pub mod pair;
