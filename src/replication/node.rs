@@ -79,6 +79,10 @@ pub struct Node {
     keys: Vec<Box<[u8]>>,
     /// Work was left over with the socket ready for more: poll without sleeping.
     busy: bool,
+    /// Serving without ever having exchanged full data with the peer (it started alone):
+    /// the peer may hold older data this node never saw, so the next link starts with a
+    /// full exchange.
+    unsynced: bool,
     /// Data frames sent on the active link, and the changed keys among them the peer has
     /// not acknowledged yet: if the link breaks, those go back to the dirty set, because
     /// whatever was still in buffers or in flight never reached the peer.
@@ -169,6 +173,7 @@ impl Node {
             last_peer_run: None,
             keys: Vec::new(),
             busy: false,
+            unsynced: false,
             sent: 0,
             unacked: VecDeque::new(),
             unacked_flush: None,
@@ -256,9 +261,12 @@ impl Node {
             .min(Duration::from_millis(250))
     }
 
-    fn finish_start(&mut self, why: &str) {
+    /// Lets the node serve clients. `copied` says whether it has its peer's data; if not,
+    /// the first link with the peer starts with a full exchange.
+    fn finish_start(&mut self, why: &str, copied: bool) {
         if self.starting {
             self.starting = false;
+            self.unsynced = !copied;
             log::info!("serving clients: {why}");
             self.repl.set_ready();
         }
@@ -316,7 +324,7 @@ impl Node {
         let Some(addr) = resolve_peer(&self.repl.cfg.peer, self.repl.cfg.repl_port) else {
             log::warn!("cannot resolve peer {}", self.repl.cfg.peer);
             if first {
-                self.finish_start("peer address does not resolve");
+                self.finish_start("peer address does not resolve", false);
             }
             self.schedule_redial();
             return;
@@ -336,7 +344,7 @@ impl Node {
                 Err(e) => {
                     log::info!("peer {addr} not reachable at start ({e})");
                     self.repl.set_state(LinkState::Down);
-                    self.finish_start("no peer to copy from");
+                    self.finish_start("no peer to copy from", false);
                     self.schedule_redial();
                     return;
                 }
@@ -404,7 +412,7 @@ impl Node {
                 // copy from. Once a peer was seen, a broken copy is retried instead.
                 if self.starting && self.active.is_none() && self.last_peer_run.is_none() {
                     self.repl.set_state(LinkState::Down);
-                    self.finish_start("the peer did not complete a handshake");
+                    self.finish_start("the peer did not complete a handshake", false);
                 }
             }
         }
@@ -797,7 +805,7 @@ impl Node {
                         r.bytes >> 20
                     );
                     repl.set_state(LinkState::Connected);
-                    self.finish_start("full copy from the peer complete");
+                    self.finish_start("full copy from the peer complete", true);
                 }
             }
         }
@@ -864,11 +872,25 @@ impl Node {
         );
         let overflowed = self.repl.dirty.take_overflow();
         if hello.wants_bootstrap {
-            // It asks with BootstrapReq right behind its hello; the copy starts then.
-        } else if overflowed {
-            // Changes were dropped while the link was down: exchange everything both ways.
+            // It starts empty and asks for a copy right behind its hello: the copy will
+            // carry every key's current state, so what is pending here is covered.
+            self.repl.dirty.clear();
+            self.unacked.clear();
+            self.unacked_flush = None;
+            self.unsynced = false;
+        } else if overflowed || self.unsynced {
+            // Changes were dropped while the link was down, or this node started alone and
+            // never saw the peer's data: exchange everything both ways.
             self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
-            log::info!("full resync with the peer: the pending record overflowed");
+            log::info!(
+                "full resync with the peer: {}",
+                if overflowed {
+                    "the pending record overflowed"
+                } else {
+                    "this node started without a copy of the peer's data"
+                }
+            );
+            self.unsynced = false;
             self.start_copy(&mut link.wbuf);
             if !self.starting {
                 self.request_copy(link);
@@ -1015,7 +1037,7 @@ impl Node {
             log::warn!(
                 "no complete copy from the peer within the bootstrap timeout; serving alone"
             );
-            self.finish_start("bootstrap timeout");
+            self.finish_start("bootstrap timeout", false);
         }
         for i in 0..self.links.len() {
             if self.links[i].is_some() {
