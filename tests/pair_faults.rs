@@ -173,7 +173,7 @@ fn an_overflowing_backlog_heals_by_full_exchange() {
     if skip() {
         return;
     }
-    let p = Pair::start(&["--repl-backlog-mb", "1"]);
+    let p = Pair::start(&["--repl-backlog-mb", "1", "-v"]);
     p.set_links(Mode::Cut);
     assert!(p.wait_state("down", Duration::from_secs(5)));
     // Far more than 1 MiB of pending keys on A, some on B.
@@ -192,7 +192,13 @@ fn an_overflowing_backlog_heals_by_full_exchange() {
     p.set_links(Mode::Pass);
     assert!(
         p.wait_converged(Duration::from_secs(20)),
-        "no convergence after overflow"
+        "no convergence after overflow: A {:?} {:?}\nB {:?} {:?}\nA log:\n{}\nB log:\n{}",
+        digest(&p.a),
+        p.a.stats("repl"),
+        digest(&p.b),
+        p.b.stats("repl"),
+        p.a.stderr_text(),
+        p.b.stderr_text()
     );
     assert_eq!(digest(&p.a).0, "20002");
     let after = stat(&p.a, "repl_resyncs_full") + stat(&p.b, "repl_resyncs_full");

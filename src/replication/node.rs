@@ -83,6 +83,8 @@ pub struct Node {
     /// the peer may hold older data this node never saw, so the next link starts with a
     /// full exchange.
     unsynced: bool,
+    /// The dirty set overflowed and the full exchange that repairs it has not completed.
+    overflowed: bool,
     /// Data frames sent on the active link, and the changed keys among them the peer has
     /// not acknowledged yet: if the link breaks, those go back to the dirty set, because
     /// whatever was still in buffers or in flight never reached the peer.
@@ -174,6 +176,7 @@ impl Node {
             keys: Vec::new(),
             busy: false,
             unsynced: false,
+            overflowed: false,
             sent: 0,
             unacked: VecDeque::new(),
             unacked_flush: None,
@@ -793,6 +796,12 @@ impl Node {
                 }
             }
             Frame::BootstrapEnd { items } => {
+                // The peer's side of a full exchange is complete.
+                if !self.starting && (self.unsynced || self.overflowed) {
+                    log::info!("full exchange with the peer complete ({items} states)");
+                    self.unsynced = false;
+                    self.overflowed = false;
+                }
                 if let Some(r) = self.receiving.take() {
                     let ms = r.started.elapsed().as_millis() as u64;
                     let s = &repl.stats;
@@ -870,7 +879,12 @@ impl Node {
                 ""
             }
         );
-        let overflowed = self.repl.dirty.take_overflow();
+        // An overflow needs a full exchange; remember it until one has completed, since
+        // this link may break before it does.
+        if self.repl.dirty.take_overflow() {
+            self.overflowed = true;
+        }
+        let overflowed = self.overflowed;
         if hello.wants_bootstrap {
             // It starts empty and asks for a copy right behind its hello: the copy will
             // carry every key's current state, so what is pending here is covered.
@@ -878,6 +892,7 @@ impl Node {
             self.unacked.clear();
             self.unacked_flush = None;
             self.unsynced = false;
+            self.overflowed = false;
         } else if overflowed || self.unsynced {
             // Changes were dropped while the link was down, or this node started alone and
             // never saw the peer's data: exchange everything both ways.
@@ -890,7 +905,7 @@ impl Node {
                     "this node started without a copy of the peer's data"
                 }
             );
-            self.unsynced = false;
+            // Both flags stay set until the peer's copy has arrived (BootstrapEnd).
             self.start_copy(&mut link.wbuf);
             if !self.starting {
                 self.request_copy(link);
@@ -941,6 +956,7 @@ impl Node {
         }
         let now = crate::clock::unix_now();
         if self.repl.dirty.take_overflow() {
+            self.overflowed = true;
             // Keys were dropped while this link was up (the peer could not keep up): only a
             // full exchange repairs what it missed.
             self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
