@@ -463,18 +463,9 @@ impl Pair {
     }
 }
 
-/// Polls `f` every few milliseconds until it holds or `within` passes.
-pub fn poll(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+/// Polls `f` until it holds or `within` passes (the harness's one polling loop).
+pub fn poll(within: Duration, f: impl FnMut() -> bool) -> bool {
+    super::poll_until(within, f)
 }
 
 /// Waits until `node` reports `repl_link_state` = `state`.
