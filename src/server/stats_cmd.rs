@@ -38,7 +38,7 @@ pub fn stats(ctx: &Ctx, args: &[u8], out: &mut Vec<u8>) {
             stat(out, "sizes_status", "disabled");
         }
         Some(b"conns") => conns(ctx, out),
-        Some(b"repl") => repl(ctx, out),
+        Some(b"repl") => repl(ctx, ctx.shared.store.stats(ctx.now).tombstones, out),
         Some(b"digest") => {
             // Live items and an order-independent fingerprint of their (key, version):
             // equal on both nodes of a pair exactly when they hold the same data.
@@ -231,20 +231,16 @@ fn general(ctx: &Ctx, out: &mut Vec<u8>) {
     // Every eviction is done by the worker that needed the memory.
     stat(out, "direct_reclaims", s.evictions);
     stat(out, "repcached_version", crate::VERSION);
-    repl(ctx, out);
+    repl(ctx, s.tombstones, out);
 }
 
 /// The pair's fields (`stats repl` alone, or at the end of `stats`).
-fn repl(ctx: &Ctx, out: &mut Vec<u8>) {
+fn repl(ctx: &Ctx, tombstones: u64, out: &mut Vec<u8>) {
     match &ctx.shared.repl {
         Some(r) => r.write_stats(out),
         None => stat(out, "repl_link_state", "standalone"),
     }
-    stat(
-        out,
-        "repl_tombstones",
-        ctx.shared.store.stats(ctx.now).tombstones,
-    );
+    stat(out, "repl_tombstones", tombstones);
 }
 
 /// memcached's settings that only tune its slab allocator and LRU maintainer: accepted via
