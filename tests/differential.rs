@@ -404,6 +404,34 @@ fn replay_on(server: &Server, script: &Script, mode: Mode) -> Result<Vec<u8>, St
 
 /// Replaces what legitimately differs between servers: CAS numbers in `VALUE` lines, the
 /// `VERSION` string and `STAT` values. Data blocks are copied verbatim.
+/// A meta command's reply line (`ME` from `me`, the two-letter codes from the others).
+fn is_meta_reply(line: &[u8]) -> bool {
+    let code = line.split(|&c| c == b' ').next().unwrap_or(line);
+    matches!(code, b"VA" | b"HD" | b"EN" | b"NS" | b"EX" | b"NF" | b"ME")
+}
+
+/// Masks the clock- and CAS-dependent return flags of a meta reply: `c<n>`, `t<n>` (but
+/// not `t-1`), `l<n>`, and `exp=`/`la=`/`cas=` of `me` (but not `exp=-1`).
+fn normalise_meta(line: &[u8], out: &mut Vec<u8>) {
+    let digits = |t: &[u8]| !t.is_empty() && t.iter().all(u8::is_ascii_digit);
+    for (i, tok) in line.split(|&c| c == b' ').enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        let masked: Option<&[u8]> = match tok {
+            _ if i < 2 && line.starts_with(b"ME ") => None,
+            [b'c', rest @ ..] if digits(rest) => Some(b"c<cas>"),
+            [b't', rest @ ..] if digits(rest) => Some(b"t<ttl>"),
+            [b'l', rest @ ..] if digits(rest) => Some(b"l<secs>"),
+            _ if tok.starts_with(b"cas=") => Some(b"cas=<cas>"),
+            _ if tok.starts_with(b"la=") => Some(b"la=<secs>"),
+            _ if tok.starts_with(b"exp=") && tok != b"exp=-1" => Some(b"exp=<ttl>"),
+            _ => None,
+        };
+        out.extend_from_slice(masked.unwrap_or(tok));
+    }
+}
+
 fn normalise(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut pos = 0;
@@ -432,6 +460,17 @@ fn normalise(raw: &[u8]) -> Vec<u8> {
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .and_then(|t| t.parse::<usize>().ok());
             if let Some(len) = len {
+                let end = (pos + len + 2).min(raw.len());
+                out.extend_from_slice(&raw[pos..end]);
+                pos = end;
+            }
+        } else if is_meta_reply(line) {
+            normalise_meta(line, &mut out);
+            out.extend_from_slice(b"\r\n");
+            if let Some(len) = line.strip_prefix(b"VA ").and_then(|r| {
+                let n = r.split(|&c| c == b' ').next()?;
+                std::str::from_utf8(n).ok()?.parse::<usize>().ok()
+            }) {
                 let end = (pos + len + 2).min(raw.len());
                 out.extend_from_slice(&raw[pos..end]);
                 pos = end;
@@ -577,6 +616,9 @@ fn normalise_masks_only_the_agreed_fields() {
     // A data block that looks like a reply line is not normalised.
     let raw = b"VALUE k 0 16\r\nVERSION 9.9.9\r\nxx\r\nEND\r\n";
     assert_eq!(normalise(raw), raw.to_vec());
+    let raw = b"HD c123 t-1 t30 kc1 l2 Oc9\r\nVA 7 c5\r\nHD c1 t\r\nME c1 exp=-1 la=3 cas=9 fetch=no\r\nEN\r\n";
+    let want = b"HD c<cas> t-1 t<ttl> kc1 l<secs> Oc9\r\nVA 7 c<cas>\r\nHD c1 t\r\nME c1 exp=-1 la=<secs> cas=<cas> fetch=no\r\nEN\r\n";
+    assert_eq!(escape(&normalise(raw)), escape(want));
 }
 
 #[test]

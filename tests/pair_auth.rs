@@ -133,6 +133,7 @@ fn evil_state() -> Frame<'static> {
         version: u64::MAX - 1,
         flags: 0,
         exptime: 0,
+        meta: 0,
         key: b"evil",
         value: b"pwned",
     }

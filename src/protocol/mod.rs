@@ -1,11 +1,13 @@
 //! Wire formats as pure functions over byte slices: the classic text protocol's request
 //! parser and the response writers. Nothing here touches a socket.
 
+pub mod meta;
 pub mod repl;
 pub mod response;
 pub mod text;
 
 pub use crate::storage::StoreCmd;
+pub use meta::{MetaCmd, MetaFlags, MetaRequest};
 
 /// A request as the classic text parser understood it. Slices borrow from the read buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -118,6 +120,26 @@ pub enum Request<'a> {
     Reply {
         msg: &'static str,
         noreply: bool,
+    },
+    /// `mg`/`ms`/`md`/`ma` that parsed cleanly (errors come as `Reply`/`ReplySwallow`).
+    Meta(MetaRequest<'a>),
+    /// `me <key> [b]`: memcached's item debug line. `key` is still base64 when `base64`.
+    MetaDebug {
+        key: &'a [u8],
+        base64: bool,
+    },
+    /// An error a meta set reports once its data length is known: reply `msg` (never
+    /// suppressed), then discard `swallow` bytes (the data block and its `\r\n`).
+    ReplySwallow {
+        msg: &'static str,
+        swallow: usize,
+    },
+    /// A meta set whose item would exceed `-I`: like `StoreTooLarge` for `set` (the old
+    /// value goes, whatever the mode), never suppressed. `key` is still base64 when `base64`.
+    MetaTooLarge {
+        key: &'a [u8],
+        base64: bool,
+        swallow: usize,
     },
     /// `watch [...]`: log streaming is not implemented; the reply depends on `-W`.
     Watch,

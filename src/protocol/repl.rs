@@ -7,7 +7,7 @@ use std::fmt;
 /// Identifies the protocol in the first frame of every connection.
 pub const MAGIC: [u8; 4] = *b"RPCD";
 /// Bumped on any incompatible change of the frames below.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes of the length prefix.
 const LEN: usize = 4;
 /// The largest frame accepted: the largest item (`-I` is at most 1 GiB) plus headroom for
@@ -54,6 +54,8 @@ pub enum Frame<'a> {
         flags: u32,
         /// Absolute unix seconds; 0 = never.
         exptime: u32,
+        /// Item state bits that belong to the value: stale (meta `I`), binary key (`b`).
+        meta: u8,
         key: &'a [u8],
         value: &'a [u8],
     },
@@ -193,12 +195,14 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             let version = r.u64()?;
             let flags = r.u32()?;
             let exptime = r.u32()?;
+            let meta = r.u8()?;
             let key = r.key()?;
             let value = r.rest();
             Frame::State {
                 version,
                 flags,
                 exptime,
+                meta,
                 key,
                 value,
             }
@@ -294,6 +298,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             version,
             flags,
             exptime,
+            meta,
             key,
             value,
         } => {
@@ -301,6 +306,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&version.to_be_bytes());
             out.extend_from_slice(&flags.to_be_bytes());
             out.extend_from_slice(&exptime.to_be_bytes());
+            out.push(meta);
             push_key(out, key);
             out.extend_from_slice(value);
         }
@@ -370,6 +376,7 @@ mod tests {
                 version: 42,
                 flags: 0xffff_ffff,
                 exptime: 1_700_000_000,
+                meta: 8,
                 key: b"k",
                 value: b"v\r\n\0",
             },
@@ -377,6 +384,7 @@ mod tests {
                 version: 1,
                 flags: 0,
                 exptime: 0,
+                meta: 0,
                 key: b"empty",
                 value: b"",
             },
@@ -484,12 +492,13 @@ mod tests {
                 version: 1,
                 flags: 0,
                 exptime: 0,
+                meta: 0,
                 key: b"k",
                 value: b"",
             },
             &mut buf,
         );
-        buf[4 + 1 + 16] = 0;
+        buf[4 + 1 + 17] = 0;
         assert_eq!(decode(&buf), Err(FrameError::Malformed(T_STATE)));
     }
 

@@ -47,7 +47,7 @@ const TLS_NOT_ENABLED: &str = "Error TLS not enabled";
 const FIXED_TOKENS: usize = 8;
 
 /// memcached's tokenizer keeps at most `MAX_TOKENS - 1` = 23 real tokens.
-const MAX_REAL_TOKENS: usize = 23;
+pub(super) const MAX_REAL_TOKENS: usize = 23;
 
 /// Parses the first request in `buf`.
 pub fn parse<'a>(buf: &'a [u8], limits: &ParseLimits) -> Parsed<'a> {
@@ -77,10 +77,11 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ParseLimits) -> Parsed<'a> {
     }
 
     let first = cmd.first().copied().unwrap_or_default();
-    // Meta commands (mg/ms/md/mn/ma/me) are not implemented yet: `ERROR`, like any
-    // unknown two-byte `m` command (which memcached also answers without the HTTP check).
+    // Every two-byte `m` command is a meta command (memcached answers the unknown ones
+    // `ERROR` without the HTTP check).
     if first == b'm' && cmd.len() == 2 {
-        return done(reply(ERROR));
+        let which = cmd.get(1).copied().unwrap_or_default();
+        return super::meta::parse(which, toks, buf, line_consumed, limits);
     }
     match first {
         b'g' => return done(get_family(cmd, toks)),
@@ -185,7 +186,7 @@ fn no_newline(buf: &[u8]) -> Parsed<'_> {
 
 /// memcached's `tokenize_command` over a line that ends at its first NUL: tokens are
 /// maximal runs of non-space bytes.
-struct Tokens<'a> {
+pub(super) struct Tokens<'a> {
     line: &'a [u8],
     pos: usize,
 }
@@ -195,7 +196,7 @@ impl<'a> Tokens<'a> {
         Tokens { line, pos: 0 }
     }
 
-    fn next(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn next(&mut self) -> Option<&'a [u8]> {
         let rest = self.line.get(self.pos..).unwrap_or_default();
         let skip = rest.iter().take_while(|&&b| b == b' ').count();
         let start = self.pos + skip;
@@ -400,7 +401,7 @@ fn storage<'a>(
 /// memcached's `item_size_ok`: header + key + NUL + client-flags suffix (4 bytes, only
 /// when the flags are non-zero) + data with its `\r\n` + CAS (8 bytes unless `-C`) must
 /// fit in `-I`.
-fn item_size_ok(nkey: usize, flags: u32, nbytes: usize, limits: &ParseLimits) -> bool {
+pub(super) fn item_size_ok(nkey: usize, flags: u32, nbytes: usize, limits: &ParseLimits) -> bool {
     let suffix = if flags == 0 { 0 } else { 4 };
     let cas = if limits.cas_enabled { 8 } else { 0 };
     let total = ITEM_HEADER + nkey as u64 + 1 + suffix + nbytes as u64 + cas;
@@ -610,17 +611,17 @@ fn unsigned_c(s: &[u8]) -> Option<u64> {
 
 /// memcached's `safe_strtoul`: on a 64-bit build the `unsigned long` result is
 /// truncated to 32 bits without complaint (`4294967297` reads as 1).
-fn safe_strtoul(s: &[u8]) -> Option<u32> {
+pub(super) fn safe_strtoul(s: &[u8]) -> Option<u32> {
     unsigned_c(s).map(|v| v as u32)
 }
 
 /// memcached's `safe_strtoull`.
-fn safe_strtoull(s: &[u8]) -> Option<u64> {
+pub(super) fn safe_strtoull(s: &[u8]) -> Option<u64> {
     unsigned_c(s)
 }
 
 /// memcached's `safe_strtol`: a 64-bit `long` range check, then truncation to 32 bits.
-fn safe_strtol(s: &[u8]) -> Option<i32> {
+pub(super) fn safe_strtol(s: &[u8]) -> Option<i32> {
     let n = c_number(s)?;
     let v: i64 = if n.negative {
         if n.magnitude > 1 << 63 {
@@ -1193,10 +1194,9 @@ mod tests {
             one(b"refresh_certs noreply\r\n"),
             r("Error TLS not enabled")
         );
+        assert_eq!(one(b"mn\r\n"), r("MN"));
         for line in [
-            &b"mg k v\r\n"[..],
-            b"mn\r\n",
-            b"mx / HTTP/1.1\r\n",
+            &b"mx / HTTP/1.1\r\n"[..],
             b"slabs reassign 1 2\r\n",
             b"lru_crawler crawl all\r\n",
             b"lru tune 1 2 3 4\r\n",

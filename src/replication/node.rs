@@ -716,6 +716,7 @@ impl Node {
                 version,
                 flags,
                 exptime,
+                meta,
                 key,
                 value,
             } => {
@@ -724,6 +725,7 @@ impl Node {
                     version,
                     flags,
                     exptime,
+                    meta,
                     value: Some(value),
                 };
                 self.applied(
@@ -738,6 +740,7 @@ impl Node {
                     version,
                     flags: 0,
                     exptime: 0,
+                    meta: 0,
                     value: None,
                 };
                 self.applied(self.store.apply(st, crate::clock::unix_now()), key.len());
@@ -1100,6 +1103,7 @@ fn encode_state(st: &StateRef, out: &mut Vec<u8>) {
                 version: it.version,
                 flags: it.flags,
                 exptime: it.exptime,
+                meta: it.repl_bits,
                 key: it.key,
                 value: it.value,
             },

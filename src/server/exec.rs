@@ -251,6 +251,35 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
             reply(out, noreply, msg.as_bytes());
             After::Continue
         }
+        Request::Meta(m) => {
+            super::meta::execute(ctx, &m, out);
+            After::Continue
+        }
+        Request::MetaDebug { key, base64 } => {
+            super::meta::debug(ctx, key, base64, out);
+            After::Continue
+        }
+        Request::ReplySwallow { msg, swallow } => {
+            write_line(out, msg.as_bytes());
+            After::Swallow(swallow)
+        }
+        Request::MetaTooLarge {
+            key,
+            base64,
+            swallow,
+        } => {
+            bump(&st.store_too_large, 1);
+            let mut scratch = [0u8; crate::protocol::text::KEY_MAX_LENGTH];
+            let key = if base64 {
+                crate::protocol::meta::decode_key(key, &mut scratch).unwrap_or_default()
+            } else {
+                key
+            };
+            // Whatever the mode, memcached drops the old value of a refused meta set.
+            store.remove(key);
+            write_line(out, b"SERVER_ERROR object too large for cache");
+            After::Swallow(swallow)
+        }
         Request::Watch => {
             // With -W memcached refuses; without it, log streaming is not implemented here
             // and the command is answered as unknown.

@@ -3,6 +3,7 @@
 mod conn;
 mod exec;
 mod listener;
+mod meta;
 mod shared;
 mod stats_cmd;
 mod worker;

@@ -49,6 +49,19 @@ pub fn unix_ms_of(version: u64) -> u64 {
     unix_us_of(version) / 1000
 }
 
+/// How far ahead of the wall clock an observed version may move the clock.
+pub const MAX_OBSERVED_LEAD_MS: u64 = 24 * 3600 * 1000;
+
+/// The smallest version of node `node` above `cur` with a higher logical part: what a local
+/// write must use when the clock has not yet passed the key's current version (a version a
+/// client chose with `E`). Saturates at the largest version.
+pub fn bump_past(cur: u64, node: u8) -> u64 {
+    match (cur >> NODE_BITS).checked_add(1) {
+        Some(t) if t < 1 << (64 - NODE_BITS) => (t << NODE_BITS) | u64::from(node),
+        _ => u64::MAX,
+    }
+}
+
 /// The node id stored in a version.
 pub fn node_of(version: u64) -> u8 {
     (version & NODE_MASK) as u8
@@ -120,9 +133,13 @@ impl Hlc {
     }
 
     /// Advances the clock past a version received from a peer, so the next local version
-    /// orders after it.
+    /// orders after it. A version more than [`MAX_OBSERVED_LEAD_MS`] ahead of the wall
+    /// clock is taken only up to that lead: clients may set versions themselves (meta `E`),
+    /// and one absurd value must not drag every future version of the node with it (writes
+    /// to that key still order after it, see [`bump_past`]).
     pub fn observe(&self, remote: u64) {
-        self.last.fetch_max(remote, Ordering::AcqRel);
+        let cap = version_floor_at_unix_ms(self.now_ms().saturating_add(MAX_OBSERVED_LEAD_MS));
+        self.last.fetch_max(remote.min(cap), Ordering::AcqRel);
     }
 
     /// The last version issued or observed (0 before any).

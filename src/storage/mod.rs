@@ -3,6 +3,7 @@
 
 pub mod hlc;
 mod item;
+mod meta;
 mod repl;
 mod shard;
 mod store;
@@ -10,10 +11,11 @@ mod store;
 mod tests;
 
 pub use item::{memcached_item_size, realtime, REALTIME_MAXDELTA};
+pub use meta::{ArithOpts, DebugView, DeleteOpts, DeleteOutcome, GetOpts, GetView, MetaArith};
 pub use repl::{Applied, CopyCursor, RemoteState, StateRef};
 pub use store::{
     ArithOutcome, FlushState, ItemRef, Lookup, Store, StoreConfig, StoreOutcome, StoreStats,
-    REAP_BATCH,
+    WriteOpts, REAP_BATCH,
 };
 
 /// Which storage command a write carries (memcached's `NREAD_*`).

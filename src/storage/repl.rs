@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::item;
 use super::shard::{self, Shard};
-use super::store::{ItemRef, Step, Store};
+use super::store::{ItemRef, Origin, Step, Store};
 
 /// A key's state as it travels between the nodes.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub struct RemoteState<'a> {
     pub version: u64,
     pub flags: u32,
     pub exptime: u32,
+    /// The replicated state bits (stale, binary key).
+    pub meta: u8,
     pub value: Option<&'a [u8]>,
 }
 
@@ -60,6 +62,25 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Orders a local state against a remote one with the same version: a tombstone below any
+/// item, then by value, client flags, expiry and state bits.
+fn content_order(s: &shard::Slot, st: &RemoteState) -> std::cmp::Ordering {
+    let local = (!s.is_tombstone()).then(|| s.value());
+    let d = s.data();
+    (
+        local,
+        item::flags(d),
+        item::exptime(d),
+        s.bits() & shard::REPLICATED_BITS,
+    )
+        .cmp(&(
+            st.value,
+            st.flags,
+            st.exptime,
+            st.meta & shard::REPLICATED_BITS,
+        ))
 }
 
 fn state_of<'a>(store: &Store, s: &'a shard::Slot) -> StateRef<'a> {
@@ -162,14 +183,20 @@ impl Store {
     ) -> Step<Applied> {
         let cur = sh.find(hash, st.key);
         if let Some(s) = cur.and_then(|i| sh.slot(i)) {
-            if item::version(s.data()) >= st.version {
+            let local = item::version(s.data());
+            // Equal versions only arise from client-chosen ones (meta `E`) used on both
+            // nodes; the content then decides, the same way on both sides.
+            let remote_wins = st.version > local
+                || (st.version == local && content_order(s, st) == std::cmp::Ordering::Less);
+            if !remote_wins {
                 return Step::Done(Applied::Older);
             }
         }
         let value = st.value.unwrap_or(&[]);
         let data = item::build(st.key, &[value], st.version, st.exptime, st.flags, now);
-        match self.link(sh, st.key, hash, cur, data, now, credit, true) {
+        match self.link(sh, st.key, hash, cur, data, now, credit, Origin::Remote) {
             Step::Done(true) => {
+                self.set_bits_of(sh, hash, st.key, st.meta & shard::REPLICATED_BITS);
                 if st.value.is_none() {
                     if let Some(i) = sh.find(hash, st.key) {
                         sh.mark_tombstone(i);
@@ -299,6 +326,7 @@ mod tests {
                 version: m.version,
                 flags: m.flags,
                 exptime: m.exptime,
+                meta: 0,
                 value: m.value.as_deref(),
             },
             NOW,

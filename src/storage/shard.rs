@@ -21,6 +21,14 @@ pub(crate) const BIT_ACTIVE: u8 = 2;
 /// The slot is a deleted key's tombstone (key and version, no value): invisible to
 /// clients, kept so that an older state from the peer cannot bring the key back.
 pub(crate) const BIT_TOMBSTONE: u8 = 4;
+/// Meta `I`: the item was invalidated; readers see `X` and one of them wins a recache.
+pub(crate) const BIT_STALE: u8 = 8;
+/// Meta: a recache win (`W`) was handed out for this item; later readers see `Z`.
+pub(crate) const BIT_WIN_SENT: u8 = 16;
+/// Meta `b`: the key was sent base64-encoded, so `k` returns it encoded.
+pub(crate) const BIT_KEY_BINARY: u8 = 32;
+/// The bits that are part of an item's replicated state.
+pub(crate) const REPLICATED_BITS: u8 = BIT_STALE | BIT_KEY_BINARY;
 
 /// An arena entry. `prev` carries the key length in its top byte and `next` the state bits,
 /// so a slot stays 24 bytes. A free slot has an empty buffer (no allocation) and chains the

@@ -3,7 +3,10 @@
 
 use super::hlc::{self, ClockFn, Hlc};
 use super::item::{self, realtime};
-use super::shard::{self, Dead, FlushView, Shard, BIT_ACTIVE, BIT_FETCHED, NIL};
+use super::shard::{
+    self, Dead, FlushView, Shard, BIT_ACTIVE, BIT_FETCHED, BIT_KEY_BINARY, BIT_STALE, BIT_WIN_SENT,
+    NIL,
+};
 use super::{ChangeSink, StoreCmd};
 use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
@@ -52,6 +55,8 @@ pub struct ItemRef<'a> {
     pub last_access: u32,
     /// Whether the item had been read before this access.
     pub fetched: bool,
+    /// The state bits that replicate with the item (stale, binary key).
+    pub repl_bits: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +134,42 @@ impl FlushState {
         }
         hlc::version_floor_at_unix_ms((u64::from(self.oldest_live) + 1) * 1000)
     }
+}
+
+/// Meta-command refinements of a storage command.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOpts {
+    /// `C` with append/prepend: the item's CAS must match (0 = no check).
+    pub compare: u64,
+    /// `I` with a CAS write: a CAS below the item's is accepted, the value stored stale.
+    pub stale_ok: bool,
+    /// `E`: the version the write creates. Refused (`Exists`) unless it is above the key's
+    /// current version, item or tombstone.
+    pub version: Option<u64>,
+    /// The key came base64-encoded (meta `b`).
+    pub key_binary: bool,
+}
+
+/// One storage request, as store_locked needs it.
+struct Write<'a> {
+    cmd: StoreCmd,
+    key: &'a [u8],
+    hash: u64,
+    flags: u32,
+    exp: u32,
+    value: &'a [u8],
+    cas_unique: u64,
+}
+
+/// Where the version of a state being linked comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A client write: the store assigns a fresh version and tells replication.
+    Local,
+    /// A client write whose version is already in the data (meta `E`): replicated.
+    LocalVersioned,
+    /// A peer's state, applied as received: not replicated back.
+    Remote,
 }
 
 /// Seconds an item stays dead before the background sweep removes it.
@@ -320,7 +361,13 @@ impl Store {
     }
 
     /// Looks a key up, dropping it when expired or flushed (memcached's do_item_get).
-    fn lookup(&self, sh: &mut Shard, hash: u64, key: &[u8], now: u32) -> Result<u32, Lookup> {
+    pub(super) fn lookup(
+        &self,
+        sh: &mut Shard,
+        hash: u64,
+        key: &[u8],
+        now: u32,
+    ) -> Result<u32, Lookup> {
         let Some(i) = sh.find(hash, key) else {
             return Err(Lookup::Miss);
         };
@@ -499,12 +546,13 @@ impl Store {
             cas: if self.cfg.cas_enabled { version } else { 0 },
             last_access: item::time(d),
             fetched: s.bits() & BIT_FETCHED != 0,
+            repl_bits: s.bits() & shard::REPLICATED_BITS,
         }
     }
 
     /// memcached's do_item_bump: marks the item fetched (active on a repeat) and moves it to
     /// the MRU end.
-    fn touch_access(sh: &mut Shard, i: u32, now: u32) {
+    pub(super) fn touch_access(sh: &mut Shard, i: u32, now: u32) {
         if let Some(s) = sh.slot_mut(i) {
             let b = s.bits();
             let nb = if b & BIT_FETCHED == 0 {
@@ -555,7 +603,8 @@ impl Store {
             Ok(i) => {
                 // memcached keeps the CAS on a touch; a pair needs a new version so the new
                 // expiry wins over the old state on the peer.
-                let version = self.pair.then(|| self.hlc.next());
+                let cur = sh.slot(i).map(|s| item::version(s.data())).unwrap_or(0);
+                let version = self.pair.then(|| self.version_after(cur));
                 let r = sh.slot_mut(i).map(|s| {
                     item::set_exptime(s.data_mut(), exp);
                     if let Some(v) = version {
@@ -592,13 +641,24 @@ impl Store {
     /// Takes a key away on behalf of a client: alone, the item goes; in a pair it becomes a
     /// tombstone with a new version, so the deletion wins over older states everywhere.
     fn unlink_local(&self, sh: &mut Shard, i: u32, now: u32) {
+        let cur = sh.slot(i).map(|s| item::version(s.data())).unwrap_or(0);
+        let version = if self.pair {
+            self.version_after(cur)
+        } else {
+            0
+        };
+        self.unlink_versioned(sh, i, now, version);
+    }
+
+    /// [`Store::unlink_local`] with the tombstone's version chosen by the caller.
+    pub(super) fn unlink_versioned(&self, sh: &mut Shard, i: u32, now: u32, version: u64) {
         if !self.pair {
             let freed = sh.remove(i);
             self.release(freed);
             return;
         }
         let Some(s) = sh.slot(i) else { return };
-        let data = item::build(s.key(), &[], self.hlc.next(), 0, 0, now);
+        let data = item::build(s.key(), &[], version, 0, 0, now);
         let new_cost = item::cost(data.len());
         // A tombstone is never larger than the item it replaces.
         let old_cost = sh.replace(i, data);
@@ -640,6 +700,25 @@ impl Store {
         cas_unique: u64,
         now: u32,
     ) -> StoreOutcome {
+        let opts = WriteOpts::default();
+        self.store_with(cmd, key, flags, exptime, value, cas_unique, now, &opts)
+            .0
+    }
+
+    /// [`Store::store`] with the meta-command refinements in `opts`. Also returns the CAS
+    /// the stored item shows (0 when nothing was stored or CAS is off).
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_with(
+        &self,
+        cmd: StoreCmd,
+        key: &[u8],
+        flags: u32,
+        exptime: i32,
+        value: &[u8],
+        cas_unique: u64,
+        now: u32,
+        opts: &WriteOpts,
+    ) -> (StoreOutcome, u64) {
         let max = self.cfg.item_size_max;
         let cas_on = self.cfg.cas_enabled;
         if key.len() > item::MAX_KEY
@@ -648,40 +727,49 @@ impl Store {
             if cmd == StoreCmd::Set {
                 self.remove(key);
             }
-            return StoreOutcome::TooLarge;
+            return (StoreOutcome::TooLarge, 0);
         }
         let exp = realtime(i64::from(exptime), now);
         let (hash, si) = self.hash(key);
+        let w = Write {
+            cmd,
+            key,
+            hash,
+            flags,
+            exp,
+            value,
+            cas_unique,
+        };
         let outcome = self.with_room(
             si,
-            StoreOutcome::OutOfMemory,
-            |sh, credit| {
-                self.store_locked(
-                    sh, cmd, key, hash, flags, exp, value, cas_unique, now, credit,
-                )
-            },
+            (StoreOutcome::OutOfMemory, 0),
+            |sh, credit| self.store_locked(sh, &w, opts, now, credit),
             now,
         );
-        if outcome == StoreOutcome::OutOfMemory && cmd == StoreCmd::Set {
+        if outcome.0 == StoreOutcome::OutOfMemory && cmd == StoreCmd::Set {
             self.remove(key);
         }
         outcome
     }
 
-    #[allow(clippy::too_many_arguments)]
+    fn shown_cas(&self, version: u64) -> u64 {
+        if self.cfg.cas_enabled {
+            version
+        } else {
+            0
+        }
+    }
+
     fn store_locked(
         &self,
         sh: &mut Shard,
-        cmd: StoreCmd,
-        key: &[u8],
-        hash: u64,
-        flags: u32,
-        exp: u32,
-        value: &[u8],
-        cas_unique: u64,
+        w: &Write,
+        opts: &WriteOpts,
         now: u32,
         credit: &mut usize,
-    ) -> Step<StoreOutcome> {
+    ) -> Step<(StoreOutcome, u64)> {
+        let (cmd, key, hash) = (w.cmd, w.key, w.hash);
+        let not = |o| Step::Done((o, 0));
         let found = self.lookup(sh, hash, key, now).ok();
         // What is left under the key after a miss is a tombstone: a write takes its slot.
         let tomb = if found.is_none() {
@@ -689,6 +777,12 @@ impl Store {
         } else {
             None
         };
+        let cur_cas = found
+            .and_then(|i| sh.slot(i))
+            .map(|s| self.shown_cas(item::version(s.data())))
+            .unwrap_or(0);
+        let mut bits = if opts.key_binary { BIT_KEY_BINARY } else { 0 };
+        let mut exp = w.exp;
         let new_data = match (cmd, found) {
             (StoreCmd::Add, Some(i)) => {
                 // add on an existing key only promotes it (memcached's do_item_update).
@@ -696,40 +790,51 @@ impl Store {
                     item::set_time(s.data_mut(), now);
                 }
                 sh.bump(i);
-                return Step::Done(StoreOutcome::NotStored);
+                return not(StoreOutcome::NotStored);
             }
-            (StoreCmd::Cas, None) => return Step::Done(StoreOutcome::NotFound),
+            (StoreCmd::Cas, None) => return not(StoreOutcome::NotFound),
             (StoreCmd::Replace | StoreCmd::Append | StoreCmd::Prepend, None) => {
-                return Step::Done(StoreOutcome::NotStored)
+                return not(StoreOutcome::NotStored)
             }
             (StoreCmd::Cas, Some(i)) => {
-                let cur = sh.slot(i).map(|s| item::version(s.data())).unwrap_or(0);
                 // Under -C memcached's items carry CAS 0, so no cas can ever match.
-                if !self.cfg.cas_enabled || cas_unique == 0 || cas_unique != cur {
-                    return Step::Done(StoreOutcome::Exists);
+                let matched = self.cfg.cas_enabled && w.cas_unique != 0 && w.cas_unique == cur_cas;
+                if !matched {
+                    if !(opts.stale_ok && w.cas_unique != 0 && w.cas_unique < cur_cas) {
+                        return not(StoreOutcome::Exists);
+                    }
+                    // A stale write (meta `I`): stored, but marked stale, keeping the
+                    // item's TTL and any win already handed out.
+                    if let Some(s) = sh.slot(i) {
+                        exp = item::exptime(s.data());
+                        bits |= BIT_STALE | (s.bits() & BIT_WIN_SENT);
+                    }
                 }
                 None
             }
             (StoreCmd::Append | StoreCmd::Prepend, Some(i)) => {
+                if opts.compare != 0 && opts.compare != cur_cas {
+                    return not(StoreOutcome::Exists);
+                }
                 let Some(s) = sh.slot(i) else {
-                    return Step::Done(StoreOutcome::NotStored);
+                    return not(StoreOutcome::NotStored);
                 };
                 let old = s.value();
                 let oflags = item::flags(s.data());
                 let size = item::memcached_item_size(
                     key.len(),
-                    old.len() + value.len(),
+                    old.len() + w.value.len(),
                     oflags,
                     self.cfg.cas_enabled,
                 );
                 if size > self.cfg.item_size_max {
                     // memcached's allocation of the combined item fails: NOT_STORED.
-                    return Step::Done(StoreOutcome::NotStored);
+                    return not(StoreOutcome::NotStored);
                 }
                 let parts: [&[u8]; 2] = if cmd == StoreCmd::Append {
-                    [old, value]
+                    [old, w.value]
                 } else {
-                    [value, old]
+                    [w.value, old]
                 };
                 Some(item::build(
                     key,
@@ -742,21 +847,67 @@ impl Store {
             }
             (StoreCmd::Set | StoreCmd::Replace, _) | (StoreCmd::Add, None) => None,
         };
-        let data = match new_data {
+        let mut data = match new_data {
             Some(d) => d,
-            None => item::build(key, &[value], 0, exp, flags, now),
+            None => item::build(key, &[w.value], 0, exp, w.flags, now),
         };
-        self.link(sh, key, hash, found.or(tomb), data, now, credit, false)
-            .map_done(|ok| {
-                if ok {
-                    StoreOutcome::Stored
-                } else {
-                    StoreOutcome::OutOfMemory
+        let slot = found.or(tomb);
+        let origin = match opts.version {
+            None => Origin::Local,
+            Some(v) => {
+                let cur = slot
+                    .and_then(|i| sh.slot(i))
+                    .map(|s| item::version(s.data()))
+                    .unwrap_or(0);
+                // A chosen version must order after the key's state, or the pair could
+                // not agree on which write is the last.
+                if v <= cur {
+                    return not(StoreOutcome::Exists);
                 }
+                item::set_version(&mut data, v);
+                Origin::LocalVersioned
+            }
+        };
+        self.link(sh, key, hash, slot, data, now, credit, origin)
+            .map_done(|ok| {
+                if !ok {
+                    return (StoreOutcome::OutOfMemory, 0);
+                }
+                let version = self.set_bits_of(sh, hash, key, bits);
+                (StoreOutcome::Stored, self.shown_cas(version))
             })
     }
 
-    /// Installs `data` (version filled in here) for `key`, replacing slot `old` if given.
+    /// Sets the meta bits of a key's freshly linked state; returns its version.
+    pub(super) fn set_bits_of(&self, sh: &mut Shard, hash: u64, key: &[u8], bits: u8) -> u64 {
+        let Some(i) = sh.find(hash, key) else {
+            return 0;
+        };
+        match sh.slot_mut(i) {
+            Some(s) => {
+                if bits != 0 {
+                    s.set_bits(s.bits() | bits);
+                }
+                item::version(s.data())
+            }
+            None => 0,
+        }
+    }
+
+    /// A version for a local write to a key whose current version (item or tombstone) is
+    /// `cur`: the clock's next one, or just past `cur` when a client-chosen version put the
+    /// key ahead of the clock. Every write thus orders after the state it replaces.
+    pub(super) fn version_after(&self, cur: u64) -> u64 {
+        let v = self.hlc.next();
+        if v > cur {
+            v
+        } else {
+            hlc::bump_past(cur, self.hlc.node())
+        }
+    }
+
+    /// Installs `data` for `key`, replacing slot `old` if given. `origin` says where the
+    /// version comes from and whether replication hears of the change.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn link(
         &self,
@@ -767,10 +918,14 @@ impl Store {
         mut data: Box<[u8]>,
         now: u32,
         credit: &mut usize,
-        remote: bool,
+        origin: Origin,
     ) -> Step<bool> {
         let new_cost = item::cost(data.len());
         let old_cost = old.and_then(|i| sh.slot(i)).map(|s| s.cost()).unwrap_or(0);
+        let old_version = old
+            .and_then(|i| sh.slot(i))
+            .map(|s| item::version(s.data()))
+            .unwrap_or(0);
         let protect = old.unwrap_or(NIL);
         if new_cost > old_cost && !self.reserve_in(sh, new_cost - old_cost, now, protect, credit) {
             return Step::NeedRoom(new_cost - old_cost);
@@ -779,8 +934,8 @@ impl Store {
             self.release(new_cost);
             return Step::Done(false);
         }
-        if !remote {
-            item::set_version(&mut data, self.hlc.next());
+        if origin == Origin::Local {
+            item::set_version(&mut data, self.version_after(old_version));
         }
         match old {
             Some(i) => {
@@ -796,7 +951,7 @@ impl Store {
                 }
             }
         }
-        if !remote {
+        if origin != Origin::Remote {
             self.notify(key);
         }
         Step::Done(true)
@@ -829,7 +984,7 @@ impl Store {
                 };
                 let digits = v.to_string();
                 if digits.len() <= s.value().len() {
-                    let version = self.hlc.next();
+                    let version = self.version_after(item::version(s.data()));
                     if let Some(s) = sh.slot_mut(i) {
                         let klen = s.klen();
                         let d = s.data_mut();
@@ -853,7 +1008,7 @@ impl Store {
                     item::flags(d),
                     now,
                 );
-                match self.link(sh, key, hash, Some(i), data, now, credit, false) {
+                match self.link(sh, key, hash, Some(i), data, now, credit, Origin::Local) {
                     Step::Done(true) => Step::Done(ArithOutcome::Value(v)),
                     Step::Done(false) => Step::Done(ArithOutcome::OutOfMemory),
                     Step::NeedRoom(b) => Step::NeedRoom(b),
@@ -1060,7 +1215,7 @@ impl Store {
 }
 
 impl<T> Step<T> {
-    fn map_done<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
+    pub(super) fn map_done<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
         match self {
             Step::Done(t) => Step::Done(f(t)),
             Step::NeedRoom(b) => Step::NeedRoom(b),
