@@ -16,7 +16,7 @@ DEB_ARCH = $(shell dpkg --print-architecture)
 # memcached's rule, kept by repcached: a root process must name the user to run as.
 AS_USER := $(if $(filter 0,$(shell id -u)),-u root,)
 
-.PHONY: build run test test-deps lint bench clean install uninstall deb package-deps package-check
+.PHONY: build run test test-deps interop lint bench clean install uninstall deb package-deps package-check
 
 build:
 	$(CARGO) build --release
@@ -33,6 +33,14 @@ test-deps:
 
 test: test-deps
 	$(CARGO) test --all-targets --no-fail-fast
+
+# Real clients against real pairs (docs/PHP.md, docs/SCALING.md): PHP sessions through the
+# memcache and memcached extensions, pymemcache, Cache::Memcached, the libmemcached tools and
+# twemproxy, with nodes killed mid-run. deps.sh installs the clients when missing (as root,
+# with apt-get) and fails when it cannot. INTEROP_ARGS names scenarios to run only those.
+interop: build
+	bash tests/interop/deps.sh
+	/usr/bin/python3 tests/interop/run.py $(INTEROP_ARGS)
 
 # Side-by-side throughput, latency, CPU per op and memory against Debian's memcached
 # (docs/BENCHMARKS.md). BENCH_ARGS passes options to bench/run.sh, e.g. --quick.
