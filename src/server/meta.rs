@@ -167,7 +167,8 @@ fn get(ctx: &Ctx, m: &MetaRequest, key: &[u8], out: &mut Vec<u8>) {
         write_line(out, OPAQUE_TOO_LONG.as_bytes());
         return;
     }
-    let touched = f.ttl.is_some();
+    // memcached decides "touch" while writing a hit's flags, so a miss with T is a get miss.
+    let touched = f.ttl.is_some() && hit.is_some();
     match (touched, hit.is_some()) {
         (false, true) => {
             bump(&st.cmd_get, 1);
