@@ -703,6 +703,13 @@ mod tests {
             b"quit\r\n",
             b"shutdown graceful\r\n",
             b"cache_memlimit 100\r\n",
+            b"mg k v c f s t k l h O123 q\r\n",
+            b"mg Zm9v b N30 R10 T5 E77\r\n",
+            b"ms k 5 T0 F3 c MA C12 I q\r\nhello\r\n",
+            b"md k I T30 q x\r\n",
+            b"ma k MD D7 N0 J5 v t c\r\n",
+            b"mn\r\n",
+            b"me k b\r\n",
         ]
         .iter()
         .map(|s| s.to_vec())
@@ -1353,6 +1360,14 @@ mod tests {
             Request::Delete { key, .. }
             | Request::Arith { key, .. }
             | Request::Touch { key, .. } => check_key(key, buf),
+            Request::Meta(m) => {
+                check_key(m.key, buf);
+                assert!(!m.tokens.contains(&b'\n') && !m.tokens.contains(&0));
+                assert!(consumed >= m.value.len());
+            }
+            Request::ReplySwallow { swallow, .. } | Request::MetaTooLarge { swallow, .. } => {
+                assert!(swallow >= 2);
+            }
             Request::Stats { args } => {
                 assert!(!args.contains(&b'\n') && !args.starts_with(b" ") && !args.ends_with(b" "));
             }
