@@ -188,8 +188,11 @@ impl Worker {
         let max_input = input_limit(shared.cfg.item_size_max);
         let mut dead = false;
         let mut short_read = false;
+        // -R bounds the requests served per wake-up across all the reads of this round, so
+        // a client that keeps its socket full cannot hold the thread while others wait.
+        let mut budget = shared.cfg.reqs_per_event;
         let step = loop {
-            let step = process(conn, &ctx, &self.limits, shared.cfg.reqs_per_event);
+            let step = process(conn, &ctx, &self.limits, &mut budget);
             match conn.flush() {
                 Ok(n) => bump(&stats.bytes_written, n as u64),
                 Err(_) => {
@@ -268,8 +271,7 @@ impl Worker {
 
 /// Executes buffered requests until input runs out, the per-wake-up budget is spent, or
 /// output backs up.
-fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: usize) -> Step {
-    let mut served = 0;
+fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize) -> Step {
     let mut touched = false;
     let step = loop {
         conn.swallow_buffered();
@@ -282,7 +284,7 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: usize) -> S
         if conn.pending_output() > OUTPUT_HIGH_WATER {
             break Step::Blocked;
         }
-        if served >= budget {
+        if *budget == 0 {
             break Step::Yield;
         }
         let (input, out) = conn.io_split();
@@ -300,7 +302,7 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: usize) -> S
         let after = execute(ctx, req, out);
         conn.consume(consumed);
         touched = true;
-        served += 1;
+        *budget -= 1;
         match after {
             After::Continue => {}
             After::Swallow(n) => conn.swallow = n,
