@@ -1,4 +1,4 @@
-//! Fuzz target: the classic text parser on arbitrary bytes must never panic and must keep
+//! Fuzz target: the text parser (classic and meta commands) on arbitrary bytes must never panic and must keep
 //! its contract (bounded `consumed`, valid keys, results that depend only on the bytes
 //! they consumed, incomplete strict prefixes).
 #![no_main]
@@ -32,6 +32,17 @@ fn check(buf: &[u8], limits: &ParseLimits) {
         }
         Request::Delete { key, .. } | Request::Arith { key, .. } | Request::Touch { key, .. } => {
             check_key(key)
+        }
+        Request::Meta(m) => {
+            check_key(m.key);
+            assert!(!m.tokens.contains(&b'\n') && !m.tokens.contains(&0));
+            if m.flags.base64 {
+                let mut out = [0u8; KEY_MAX_LENGTH];
+                assert!(repcached::protocol::meta::decode_key(m.key, &mut out).is_some());
+            }
+        }
+        Request::ReplySwallow { swallow, .. } | Request::MetaTooLarge { swallow, .. } => {
+            assert!(*swallow >= 2);
         }
         Request::Close if !buf.contains(&b'\n') => {
             assert!(buf.len() > 2048 && consumed == buf.len());
