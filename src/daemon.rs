@@ -45,7 +45,24 @@ pub fn is_root() -> bool {
 ///
 /// With `-d` the calling process exits inside this function (status 0) and only the daemon
 /// returns from it.
+/// glibc grows a heap 128 KiB at a time by default, one `brk`/`mprotect` (and, for a
+/// thread's heap, a split of its memory mapping) per step: filling a cache, or receiving a
+/// full copy of a million items, makes over a thousand such calls. A 32 MiB step makes a
+/// handful; the untouched part of a step costs address space, not memory. Setting it fixes
+/// the mmap threshold at glibc's default of 128 KiB (instead of letting it float up), which
+/// is what `storage::item::malloc_cost` assumes anyway.
+fn tune_malloc() {
+    // SAFETY: mallopt only changes allocator parameters; it is called before any thread
+    // starts, and a failure (0) leaves the defaults.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TOP_PAD, 32 * 1024 * 1024);
+    }
+}
+
 pub fn prepare(cfg: &Config) -> Result<(), String> {
+    tune_malloc();
     if cfg.enable_coredumps {
         raise_core_limit()?;
     }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use hashbrown::HashSet;
+use hashbrown::HashTable;
 
 use crate::clock::wall_ms;
 use crate::stats::lock;
@@ -13,9 +13,62 @@ use crate::storage::{ChangeSink, FlushState};
 
 const SHARDS: usize = 64;
 
-type KeySet = HashSet<Box<[u8]>>;
-/// Accounting overhead per pending key besides its bytes (set slot and allocation header).
+/// Accounting overhead per pending key besides its bytes (its index entry).
 const PER_KEY: usize = 32;
+
+/// One shard of pending keys: the keys back to back in one buffer and an index of their
+/// (offset, length) by hash. Workers add keys without an allocation per key, and dropping
+/// a million pending keys (a full copy covers them) is two truncations, not a million frees.
+#[derive(Default)]
+struct KeySet {
+    bytes: Vec<u8>,
+    index: HashTable<(u32, u32)>,
+}
+
+impl KeySet {
+    fn key(&self, (off, len): (u32, u32)) -> &[u8] {
+        self.bytes
+            .get(off as usize..off as usize + len as usize)
+            .unwrap_or_default()
+    }
+
+    /// Adds `key` unless present; true when it was new.
+    fn insert(&mut self, hash: u64, key: &[u8], hasher: &hashbrown::DefaultHashBuilder) -> bool {
+        use std::hash::BuildHasher;
+        let (bytes, index) = (&self.bytes, &mut self.index);
+        let span_key = |&(off, len): &(u32, u32)| {
+            bytes
+                .get(off as usize..off as usize + len as usize)
+                .unwrap_or_default()
+        };
+        if index.find(hash, |e| span_key(e) == key).is_some() {
+            return false;
+        }
+        let (Ok(off), Ok(len)) = (u32::try_from(self.bytes.len()), u32::try_from(key.len())) else {
+            // Beyond 4 GiB of pending keys in one shard: the byte bound overflows long before.
+            return false;
+        };
+        self.bytes.extend_from_slice(key);
+        let bytes = &self.bytes;
+        self.index.insert_unique(hash, (off, len), |&(o, l)| {
+            hasher.hash_one(
+                bytes
+                    .get(o as usize..o as usize + l as usize)
+                    .unwrap_or_default(),
+            )
+        });
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.index.clear();
+    }
+}
 
 pub struct DirtySet {
     shards: Box<[Mutex<KeySet>]>,
@@ -41,7 +94,7 @@ pub struct DirtySet {
 impl DirtySet {
     pub fn new(limit_bytes: usize) -> DirtySet {
         DirtySet {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(KeySet::default())).collect(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             bytes: AtomicUsize::new(0),
             keys: AtomicUsize::new(0),
@@ -60,10 +113,10 @@ impl DirtySet {
         let _ = self.waker.set(w);
     }
 
-    fn shard(&self, key: &[u8]) -> &Mutex<KeySet> {
+    fn hash(&self, key: &[u8]) -> (u64, &Mutex<KeySet>) {
         use std::hash::BuildHasher;
         let h = self.hasher.hash_one(key);
-        &self.shards[(h >> 58) as usize % SHARDS]
+        (h, &self.shards[(h >> 58) as usize % SHARDS])
     }
 
     fn noted(&self) {
@@ -83,9 +136,9 @@ impl DirtySet {
             self.overflow();
             return;
         }
-        let mut set = lock(self.shard(key));
-        if !set.contains(key) {
-            set.insert(key.into());
+        let (hash, shard) = self.hash(key);
+        let mut set = lock(shard);
+        if set.insert(hash, key, &self.hasher) {
             self.bytes.fetch_add(cost, Ordering::Relaxed);
             self.keys.fetch_add(1, Ordering::Relaxed);
         }
@@ -123,25 +176,29 @@ impl DirtySet {
             if room == 0 {
                 break;
             }
-            let mut set = lock(&self.shards[(start + i) % SHARDS]);
+            let mut guard = lock(&self.shards[(start + i) % SHARDS]);
+            let set = &mut *guard;
             if set.len() <= room {
-                for k in std::mem::take(&mut *set) {
-                    self.forget(&k);
-                    keys.push(k);
+                for &span in set.index.iter() {
+                    let k = set.key(span);
+                    self.forget(k);
+                    keys.push(k.into());
                     taken += 1;
                 }
+                set.clear();
             } else {
+                // The taken keys' bytes stay in the buffer until the shard empties.
                 let mut n = room;
-                let part: Vec<Box<[u8]>> = set
-                    .extract_if(|_| {
-                        let take = n > 0;
-                        n = n.saturating_sub(1);
-                        take
-                    })
-                    .collect();
-                for k in part {
-                    self.forget(&k);
-                    keys.push(k);
+                let bytes = &set.bytes;
+                for span in set.index.extract_if(|_| {
+                    let take = n > 0;
+                    n = n.saturating_sub(1);
+                    take
+                }) {
+                    let (off, len) = (span.0 as usize, span.1 as usize);
+                    let k = bytes.get(off..off + len).unwrap_or_default();
+                    self.forget(k);
+                    keys.push(k.into());
                     taken += 1;
                 }
             }
@@ -160,10 +217,18 @@ impl DirtySet {
     /// Forgets every pending key (a full copy is about to cover them).
     pub fn clear(&self) {
         for s in self.shards.iter() {
-            let taken = std::mem::take(&mut *lock(s));
-            for k in taken {
-                self.forget(&k);
+            let mut set = lock(s);
+            // Only the keys still indexed count: drained ones were forgotten already.
+            let n = set.len();
+            let bytes: usize = set.index.iter().map(|&(_, len)| len as usize).sum();
+            set.clear();
+            // Shrink a buffer a large backlog grew, so the memory goes back.
+            if set.bytes.capacity() > 1 << 20 {
+                *set = KeySet::default();
             }
+            drop(set);
+            self.bytes.fetch_sub(bytes + n * PER_KEY, Ordering::Relaxed);
+            self.keys.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
@@ -241,6 +306,26 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len(), 100);
         assert_eq!(d.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn clear_after_a_partial_drain_keeps_the_accounting() {
+        let d = DirtySet::new(1 << 20);
+        for i in 0..200 {
+            d.add(format!("key{i}").as_bytes());
+        }
+        let mut keys = Vec::new();
+        d.drain(&mut keys, 50);
+        assert_eq!(d.pending_keys(), 150);
+        d.clear();
+        assert_eq!(d.pending_keys(), 0);
+        assert_eq!(d.pending_bytes(), 0);
+        // Keys added again after a clear are new, and drain intact.
+        d.add(b"again");
+        d.add(b"again");
+        keys.clear();
+        d.drain(&mut keys, usize::MAX);
+        assert_eq!(keys, vec![Box::from(&b"again"[..])]);
     }
 
     #[test]

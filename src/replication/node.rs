@@ -547,6 +547,9 @@ impl Node {
     }
 
     fn handle_input(&mut self, idx: usize, link: &mut Link) -> Result<(), String> {
+        // One clock reading per batch of frames: a full copy applies a million states in
+        // well under a second, and expiry works in whole seconds.
+        let now = crate::clock::unix_now();
         loop {
             let handshaken = link.peer.is_some();
             let my_nonce = link.nonce;
@@ -603,7 +606,7 @@ impl Node {
                     Some(hello)
                 }
                 _ => {
-                    self.handle_frame(&frame, handshaken, wbuf)?;
+                    self.handle_frame(&frame, handshaken, wbuf, now)?;
                     None
                 }
             };
@@ -705,6 +708,7 @@ impl Node {
         f: &Frame,
         handshaken: bool,
         wbuf: &mut Vec<u8>,
+        now: u32,
     ) -> Result<(), String> {
         let repl = Arc::clone(&self.repl);
         match *f {
@@ -728,10 +732,7 @@ impl Node {
                     meta,
                     value: Some(value),
                 };
-                self.applied(
-                    self.store.apply(st, crate::clock::unix_now()),
-                    key.len() + value.len(),
-                );
+                self.applied(self.store.apply(st, now), key.len() + value.len());
                 self.count_received(wbuf);
             }
             Frame::Tombstone { version, key } => {
@@ -743,7 +744,7 @@ impl Node {
                     meta: 0,
                     value: None,
                 };
-                self.applied(self.store.apply(st, crate::clock::unix_now()), key.len());
+                self.applied(self.store.apply(st, now), key.len());
                 self.count_received(wbuf);
             }
             Frame::Flush { watermark, at } => {
@@ -783,7 +784,6 @@ impl Node {
                     // Everything the peer changed before this heartbeat is already here
                     // (the link is ordered), so older states of keys deleted a while ago
                     // can no longer arrive: their tombstones may go.
-                    let now = crate::clock::unix_now();
                     self.store
                         .set_tombstone_horizon(now.saturating_sub(TOMBSTONE_MARGIN_SECS));
                 }

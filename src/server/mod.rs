@@ -110,6 +110,7 @@ fn serve(cfg: Config) -> Result<(), String> {
     });
     if let Some(r) = &repl {
         store = store
+            .with_hash_seed(pair_hash_seed(&r.cfg.cluster, r.cfg.secret.as_deref()))
             .replicated()
             .with_change_sink(Arc::clone(&r.dirty) as Arc<dyn crate::storage::ChangeSink>);
     }
@@ -299,4 +300,20 @@ fn clock_loop(shared: &Shared) {
             shared.reaper_runs.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The key-hash seed both nodes of a pair share: derived from what they already agree on
+/// (the cluster name, and the shared secret when there is one, which keeps the seed private
+/// to the pair). A node without a peer keeps a random seed.
+fn pair_hash_seed(cluster: &str, secret: Option<&[u8]>) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"repcached key hash seed\0");
+    h.update(cluster.as_bytes());
+    h.update([0u8]);
+    h.update(secret.unwrap_or_default());
+    let d = h.finalize();
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(seed)
 }

@@ -138,6 +138,10 @@ impl Hlc {
     /// and one absurd value must not drag every future version of the node with it (writes
     /// to that key still order after it, see [`bump_past`]).
     pub fn observe(&self, remote: u64) {
+        // Most observed versions are not ahead of the clock: no need to read the time.
+        if remote <= self.last.load(Ordering::Acquire) {
+            return;
+        }
         let cap = version_floor_at_unix_ms(self.now_ms().saturating_add(MAX_OBSERVED_LEAD_MS));
         self.last.fetch_max(remote.min(cap), Ordering::AcqRel);
     }

@@ -196,7 +196,11 @@ impl Store {
         let data = item::build(st.key, &[value], st.version, st.exptime, st.flags, now);
         match self.link(sh, st.key, hash, cur, data, now, credit, Origin::Remote) {
             Step::Done(true) => {
-                self.set_bits_of(sh, hash, st.key, st.meta & shard::REPLICATED_BITS);
+                // link() leaves a new or replaced slot with no bits: only set ones need a write.
+                let bits = st.meta & shard::REPLICATED_BITS;
+                if bits != 0 {
+                    self.set_bits_of(sh, hash, st.key, bits);
+                }
                 if st.value.is_none() {
                     if let Some(i) = sh.find(hash, st.key) {
                         sh.mark_tombstone(i);
@@ -227,6 +231,7 @@ impl Store {
                 if seen == max {
                     return false;
                 }
+                sh.prefetch_ahead(cursor.pos);
                 if let Some(s) = sh.slot(cursor.pos).filter(|s| s.live()) {
                     f(state_of(self, s));
                     seen += 1;
@@ -247,6 +252,7 @@ impl Store {
         for i in 0..self.shards.len() {
             let sh = self.shard(i);
             for pos in 0..sh.slot_count() {
+                sh.prefetch_ahead(pos as u32);
                 let Some(s) = sh.slot(pos as u32) else {
                     continue;
                 };

@@ -4,11 +4,10 @@
 use super::hlc::{self, ClockFn, Hlc};
 use super::item::{self, realtime};
 use super::shard::{
-    self, Dead, FlushView, Shard, BIT_ACTIVE, BIT_FETCHED, BIT_KEY_BINARY, BIT_STALE, BIT_WIN_SENT,
-    NIL,
+    self, Dead, FlushView, KeyHasher, Shard, BIT_ACTIVE, BIT_FETCHED, BIT_KEY_BINARY, BIT_STALE,
+    BIT_WIN_SENT, NIL,
 };
 use super::{ChangeSink, StoreCmd};
-use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -192,7 +191,7 @@ pub struct Store {
     pub(super) cfg: StoreConfig,
     pub(super) shards: Box<[Mutex<Shard>]>,
     shard_mask: usize,
-    hasher: DefaultHashBuilder,
+    hasher: KeyHasher,
     pub(super) hlc: Hlc,
     used: AtomicUsize,
     limit: AtomicUsize,
@@ -229,7 +228,8 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl Store {
     pub fn new(cfg: StoreConfig) -> Store {
         let n = cfg.shards.max(1).next_power_of_two();
-        let hasher = DefaultHashBuilder::default();
+        // A random seed unless the pair sets a shared one (with_hash_seed).
+        let hasher = KeyHasher::with_seed(foldhash::fast::RandomState::default().hash_one(n));
         let shards: Vec<Mutex<Shard>> = (0..n).map(|_| Mutex::new(Shard::new(hasher))).collect();
         let started = (hlc::system_clock_us() / 1_000_000) as u32;
         Store {
@@ -255,6 +255,19 @@ impl Store {
     /// Reports every successful mutation's key to `sink` (not evictions or expiry).
     pub fn with_change_sink(mut self, sink: Arc<dyn ChangeSink>) -> Store {
         self.sink = Some(sink);
+        self
+    }
+
+    /// Hashes keys with `seed`. Both nodes of a pair use the same seed, so a key lives in the
+    /// same shard on both and a full copy, which walks the sender's shards in order, fills
+    /// the receiver one shard at a time instead of scattering over all of them. Call before
+    /// any item is stored.
+    pub fn with_hash_seed(mut self, seed: u64) -> Store {
+        let hasher = KeyHasher::with_seed(seed);
+        self.hasher = hasher;
+        self.shards = (0..self.shards.len())
+            .map(|_| Mutex::new(Shard::new(hasher)))
+            .collect();
         self
     }
 
