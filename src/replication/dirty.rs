@@ -123,7 +123,9 @@ impl DirtySet {
         if self.oldest_ms.load(Ordering::Relaxed) == 0 {
             self.oldest_ms.store(wall_ms(), Ordering::Relaxed);
         }
-        if self.armed.swap(false, Ordering::AcqRel) {
+        // Read before swapping: every write comes here, and an unconditional swap would
+        // bounce the flag's cache line between the workers while the set is non-empty.
+        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
             if let Some(w) = self.waker.get() {
                 let _ = w.wake();
             }
