@@ -7,7 +7,7 @@ use std::fmt;
 /// Identifies the protocol in the first frame of every connection.
 pub const MAGIC: [u8; 4] = *b"RPCD";
 /// Bumped on any incompatible change of the frames below.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Bytes of the length prefix.
 const LEN: usize = 4;
 /// The largest frame accepted: the largest item (`-I` is at most 1 GiB) plus headroom for
@@ -24,6 +24,7 @@ const T_BOOTSTRAP_END: u8 = 7;
 const T_BOOTSTRAP_BEGIN: u8 = 8;
 const T_AUTH: u8 = 9;
 const T_ACK: u8 = 10;
+const T_COUNTER: u8 = 11;
 /// Bytes of a handshake nonce.
 pub const NONCE_LEN: usize = 16;
 /// Bytes of an authentication proof (HMAC-SHA256).
@@ -57,6 +58,18 @@ pub enum Frame<'a> {
         /// Item state bits that belong to the value: stale (meta `I`), binary key (`b`).
         meta: u8,
         key: &'a [u8],
+        value: &'a [u8],
+    },
+    /// The current state of an item incremented in a pair: a State plus its counter
+    /// (base version, base value, floor and per-node totals; the encoding is
+    /// `storage::counter_encoding_valid`'s, and a frame with another is malformed).
+    Counter {
+        version: u64,
+        flags: u32,
+        exptime: u32,
+        meta: u8,
+        key: &'a [u8],
+        counter: &'a [u8],
         value: &'a [u8],
     },
     /// A deleted key: no state older than `version` may bring it back.
@@ -207,6 +220,28 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
                 value,
             }
         }
+        T_COUNTER => {
+            let version = r.u64()?;
+            let flags = r.u32()?;
+            let exptime = r.u32()?;
+            let meta = r.u8()?;
+            let key = r.key()?;
+            let n = r.take(2)?;
+            let counter = r.take(usize::from(u16::from_be_bytes([n[0], n[1]])))?;
+            if !crate::storage::counter_encoding_valid(counter) {
+                return Err(FrameError::Malformed(ty));
+            }
+            let value = r.rest();
+            Frame::Counter {
+                version,
+                flags,
+                exptime,
+                meta,
+                key,
+                counter,
+                value,
+            }
+        }
         T_TOMBSTONE => {
             let version = r.u64()?;
             let key = r.key()?;
@@ -310,6 +345,27 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             push_key(out, key);
             out.extend_from_slice(value);
         }
+        Frame::Counter {
+            version,
+            flags,
+            exptime,
+            meta,
+            key,
+            counter,
+            value,
+        } => {
+            out.push(T_COUNTER);
+            out.extend_from_slice(&version.to_be_bytes());
+            out.extend_from_slice(&flags.to_be_bytes());
+            out.extend_from_slice(&exptime.to_be_bytes());
+            out.push(meta);
+            push_key(out, key);
+            // An encoding holds at most 255 entries: well under 64 KiB.
+            let n = u16::try_from(counter.len()).expect("counter encodings are under 9 KiB");
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(counter);
+            out.extend_from_slice(value);
+        }
         Frame::Tombstone { version, key } => {
             out.push(T_TOMBSTONE);
             out.extend_from_slice(&version.to_be_bytes());
@@ -361,6 +417,51 @@ fn push_key(out: &mut Vec<u8>, key: &[u8]) {
 mod tests {
     use super::*;
 
+    /// A counter encoding with one entry (node 5, 2 up, 1 down) on base version 42 and
+    /// base value 11.
+    const COUNTER_SAMPLE: &[u8] = &[
+        42, 0, 0, 0, 0, 0, 0, 0, // base version
+        11, 0, 0, 0, 0, 0, 0, 0, // base value
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // floor
+        5, // node
+        2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // increments
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // decrements
+        1, // entries
+    ];
+
+    #[test]
+    fn a_counter_frame_with_a_bad_encoding_is_malformed() {
+        let f = Frame::Counter {
+            version: 1,
+            flags: 0,
+            exptime: 0,
+            meta: 0,
+            key: b"k",
+            counter: &COUNTER_SAMPLE[..COUNTER_SAMPLE.len() - 1],
+            value: b"1",
+        };
+        let mut buf = Vec::new();
+        encode(&f, &mut buf);
+        assert_eq!(decode(&buf), Err(FrameError::Malformed(T_COUNTER)));
+        // A length field pointing past the frame.
+        let mut buf = Vec::new();
+        encode(
+            &Frame::Counter {
+                version: 1,
+                flags: 0,
+                exptime: 0,
+                meta: 0,
+                key: b"k",
+                counter: COUNTER_SAMPLE,
+                value: b"",
+            },
+            &mut buf,
+        );
+        buf.truncate(buf.len() - 1);
+        buf[3] -= 1;
+        assert_eq!(decode(&buf), Err(FrameError::Malformed(T_COUNTER)));
+    }
+
     fn samples() -> Vec<Frame<'static>> {
         vec![
             Frame::Hello {
@@ -387,6 +488,15 @@ mod tests {
                 meta: 0,
                 key: b"empty",
                 value: b"",
+            },
+            Frame::Counter {
+                version: 43,
+                flags: 3,
+                exptime: 0,
+                meta: 0,
+                key: b"hits",
+                counter: COUNTER_SAMPLE,
+                value: b"12 ",
             },
             Frame::Tombstone {
                 version: u64::MAX,

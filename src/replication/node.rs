@@ -731,8 +731,33 @@ impl Node {
                     exptime,
                     meta,
                     value: Some(value),
+                    counter: None,
                 };
                 self.applied(self.store.apply(st, now), key.len() + value.len());
+                self.count_received(wbuf);
+            }
+            Frame::Counter {
+                version,
+                flags,
+                exptime,
+                meta,
+                key,
+                counter,
+                value,
+            } => {
+                let st = RemoteState {
+                    key,
+                    version,
+                    flags,
+                    exptime,
+                    meta,
+                    value: Some(value),
+                    counter: Some(counter),
+                };
+                self.applied(
+                    self.store.apply(st, crate::clock::unix_now()),
+                    key.len() + value.len() + counter.len(),
+                );
                 self.count_received(wbuf);
             }
             Frame::Tombstone { version, key } => {
@@ -743,6 +768,7 @@ impl Node {
                     exptime: 0,
                     meta: 0,
                     value: None,
+                    counter: None,
                 };
                 self.applied(self.store.apply(st, now), key.len());
                 self.count_received(wbuf);
@@ -1098,17 +1124,31 @@ fn begin_copy(repl: &Replicator, store: &Store, wbuf: &mut Vec<u8>) -> (Copy, u6
 
 fn encode_state(st: &StateRef, out: &mut Vec<u8>) {
     match st {
-        StateRef::Live(it) => encode(
-            &Frame::State {
-                version: it.version,
-                flags: it.flags,
-                exptime: it.exptime,
-                meta: it.repl_bits,
-                key: it.key,
-                value: it.value,
-            },
-            out,
-        ),
+        StateRef::Live(it) => match it.counter {
+            None => encode(
+                &Frame::State {
+                    version: it.version,
+                    flags: it.flags,
+                    exptime: it.exptime,
+                    meta: it.repl_bits,
+                    key: it.key,
+                    value: it.value,
+                },
+                out,
+            ),
+            Some(counter) => encode(
+                &Frame::Counter {
+                    version: it.version,
+                    flags: it.flags,
+                    exptime: it.exptime,
+                    meta: it.repl_bits,
+                    key: it.key,
+                    counter,
+                    value: it.value,
+                },
+                out,
+            ),
+        },
         StateRef::Tombstone { key, version } => encode(
             &Frame::Tombstone {
                 version: *version,

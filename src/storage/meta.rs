@@ -4,7 +4,7 @@
 //! versioned link path as classic writes, so it replicates the same way.
 
 use super::item::{self, realtime};
-use super::shard::{Shard, BIT_FETCHED, BIT_KEY_BINARY, BIT_STALE, BIT_WIN_SENT};
+use super::shard::{Shard, BIT_COUNTER, BIT_FETCHED, BIT_KEY_BINARY, BIT_STALE, BIT_WIN_SENT};
 use super::store::{ItemRef, Lookup, Origin, Step, Store};
 
 /// What `mg` asks of the store besides the lookup.
@@ -199,6 +199,7 @@ impl Store {
                     last_access: now,
                     fetched: false,
                     repl_bits: 0,
+                    counter: None,
                 };
                 let mut view = GetView {
                     item: empty,
@@ -319,7 +320,7 @@ impl Store {
             let d = s.data_mut();
             item::set_version(d, version);
             item::set_exptime(d, exptime);
-            let keep = s.bits() & BIT_FETCHED;
+            let keep = s.bits() & (BIT_FETCHED | BIT_COUNTER);
             s.set_bits(keep | bits);
         }
         self.notify(key);
@@ -379,13 +380,27 @@ impl Store {
             Some(v) => v,
             None => self.version_after(cur),
         };
+        let exptime_before = item::exptime(s.data());
+        let exptime = opts.exptime.unwrap_or(exptime_before);
+        if self.pair {
+            let op = (incr, delta);
+            return self
+                .counter_arith(sh, hash, key, i, op, n, version, exptime, now, credit)
+                .map_done(|r| match r {
+                    Some(value) => MetaArith::Value {
+                        value,
+                        cas: self.shown(version),
+                        exptime_before,
+                        created: false,
+                    },
+                    None => MetaArith::OutOfMemory,
+                });
+        }
         let value = if incr {
             n.wrapping_add(delta)
         } else {
             n.saturating_sub(delta)
         };
-        let exptime_before = item::exptime(s.data());
-        let exptime = opts.exptime.unwrap_or(exptime_before);
         let digits = value.to_string();
         if digits.len() <= s.value().len() {
             if let Some(s) = sh.slot_mut(i) {

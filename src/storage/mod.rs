@@ -1,6 +1,7 @@
 //! The item store: sharded hash tables of versioned items, memory accounting against `-m`,
 //! LRU eviction, expiry and flush rules. Pure data structures: no sockets, no threads.
 
+mod counter;
 pub mod hlc;
 mod item;
 mod meta;
@@ -10,6 +11,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use counter::encoding_valid as counter_encoding_valid;
 pub use item::{memcached_item_size, realtime, REALTIME_MAXDELTA};
 pub use meta::{ArithOpts, DebugView, DeleteOpts, DeleteOutcome, GetOpts, GetView, MetaArith};
 pub use repl::{Applied, CopyCursor, RemoteState, StateRef};

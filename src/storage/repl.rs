@@ -4,8 +4,9 @@
 
 use std::sync::atomic::Ordering;
 
+use super::counter::{self, Counter};
 use super::item;
-use super::shard::{self, Shard};
+use super::shard::{self, Shard, BIT_COUNTER};
 use super::store::{ItemRef, Origin, Step, Store};
 
 /// A key's state as it travels between the nodes.
@@ -25,6 +26,8 @@ pub struct RemoteState<'a> {
     /// The replicated state bits (stale, binary key).
     pub meta: u8,
     pub value: Option<&'a [u8]>,
+    /// The counter state of an incremented item (see `counter.rs` for the encoding).
+    pub counter: Option<&'a [u8]>,
 }
 
 /// What applying a remote state did.
@@ -81,6 +84,112 @@ fn content_order(s: &shard::Slot, st: &RemoteState) -> std::cmp::Ordering {
             st.exptime,
             st.meta & shard::REPLICATED_BITS,
         ))
+}
+
+/// Which of two states of a key survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Winner {
+    Local,
+    Remote,
+    /// Two counters of the same base: their join.
+    Merge,
+}
+
+/// States order by base version (an item's own version unless it is a counter, whose base
+/// is the state it started from): a `set`, `delete` or flush after the base replaces the
+/// counter whatever increments followed on the other node. Equal bases: two counters
+/// merge, a counter beats the plain state it started from, two plain states fall back to
+/// the version and content rule.
+fn winner(s: &shard::Slot, st: &RemoteState) -> Winner {
+    let local_base = s.base_version();
+    let remote_base = st
+        .counter
+        .and_then(counter::base_version_of)
+        .unwrap_or(st.version);
+    if remote_base != local_base {
+        return if remote_base > local_base {
+            Winner::Remote
+        } else {
+            Winner::Local
+        };
+    }
+    match (s.counter().is_some(), st.counter.is_some()) {
+        (true, true) => Winner::Merge,
+        (false, true) => Winner::Remote,
+        (true, false) => Winner::Local,
+        (false, false) => {
+            let local = item::version(s.data());
+            // Equal versions only arise from client-chosen ones (meta `E`) used on both
+            // nodes; the content then decides, the same way on both sides.
+            if st.version > local
+                || (st.version == local && content_order(s, st) == std::cmp::Ordering::Less)
+            {
+                Winner::Remote
+            } else {
+                Winner::Local
+            }
+        }
+    }
+}
+
+/// Everything of a live counter state except the key, owned.
+struct Merged {
+    version: u64,
+    flags: u32,
+    exptime: u32,
+    meta: u8,
+    value: Vec<u8>,
+    counter: Vec<u8>,
+}
+
+/// The join of a local and a remote counter state of the same base: the counters joined,
+/// the higher version, flags/expiry/state bits of the state with the higher version. The
+/// shown value is that state's if its counter already is the join (keeping memcached's
+/// in-place padding); otherwise the join's number in plain digits. A function of the two
+/// states alone, symmetric in them, so both nodes compute the same result.
+fn merge(s: &shard::Slot, st: &RemoteState) -> Option<Merged> {
+    let lc = Counter::decode(s.counter()?)?;
+    let rc = Counter::decode(st.counter?)?;
+    let mut m = lc.clone();
+    m.join(&rc);
+    let d = s.data();
+    let local = (
+        item::version(d),
+        s.value(),
+        item::flags(d),
+        item::exptime(d),
+        s.bits() & shard::REPLICATED_BITS,
+        lc == m,
+    );
+    let remote = (
+        st.version,
+        st.value.unwrap_or(&[]),
+        st.flags,
+        st.exptime,
+        st.meta & shard::REPLICATED_BITS,
+        rc == m,
+    );
+    // Ties (equal versions) go to the larger content, as for plain states.
+    let hi = if (remote.0, remote.1, remote.2, remote.3, remote.4)
+        > (local.0, local.1, local.2, local.3, local.4)
+    {
+        remote
+    } else {
+        local
+    };
+    let value = if hi.5 {
+        hi.1.to_vec()
+    } else {
+        m.value().to_string().into_bytes()
+    };
+    Some(Merged {
+        version: hi.0,
+        flags: hi.2,
+        exptime: hi.3,
+        meta: hi.4,
+        value,
+        counter: m.encoded(),
+    })
 }
 
 fn state_of<'a>(store: &Store, s: &'a shard::Slot) -> StateRef<'a> {
@@ -159,9 +268,20 @@ impl Store {
         if st.key.is_empty() || st.key.len() > item::MAX_KEY {
             return Applied::Older;
         }
+        if st
+            .counter
+            .is_some_and(|c| !counter::encoding_valid(c) || st.value.is_none())
+        {
+            return Applied::Older;
+        }
         // A flush the peer's state predates has already removed it here (pairs compare
-        // flushes by version, so the access time passed is irrelevant).
-        if self.pair && self.flush_view().flushed(0, st.version, now) {
+        // flushes by version, so the access time passed is irrelevant; a counter by the
+        // version it started from, like the item it would have flushed).
+        let base = st
+            .counter
+            .and_then(counter::base_version_of)
+            .unwrap_or(st.version);
+        if self.pair && self.flush_view().flushed(0, base, now) {
             return Applied::Older;
         }
         let (hash, si) = self.hash(st.key);
@@ -182,22 +302,64 @@ impl Store {
         credit: &mut usize,
     ) -> Step<Applied> {
         let cur = sh.find(hash, st.key);
+        let mut merged = None;
         if let Some(s) = cur.and_then(|i| sh.slot(i)) {
-            let local = item::version(s.data());
-            // Equal versions only arise from client-chosen ones (meta `E`) used on both
-            // nodes; the content then decides, the same way on both sides.
-            let remote_wins = st.version > local
-                || (st.version == local && content_order(s, st) == std::cmp::Ordering::Less);
-            if !remote_wins {
-                return Step::Done(Applied::Older);
+            match winner(s, st) {
+                Winner::Local => return Step::Done(Applied::Older),
+                Winner::Remote => {}
+                Winner::Merge => {
+                    let Some(m) = merge(s, st) else {
+                        return Step::Done(Applied::Older);
+                    };
+                    let d = s.data();
+                    let same = m.version == item::version(d)
+                        && m.value == s.value()
+                        && Some(&m.counter[..]) == s.counter()
+                        && m.flags == item::flags(d)
+                        && m.exptime == item::exptime(d)
+                        && m.meta == s.bits() & shard::REPLICATED_BITS;
+                    if same {
+                        return Step::Done(Applied::Older);
+                    }
+                    merged = Some(m);
+                }
             }
         }
-        let value = st.value.unwrap_or(&[]);
-        let data = item::build(st.key, &[value], st.version, st.exptime, st.flags, now);
+        let (data, bits) = match &merged {
+            Some(m) => (
+                item::build(
+                    st.key,
+                    &[&m.value, &m.counter],
+                    m.version,
+                    m.exptime,
+                    m.flags,
+                    now,
+                ),
+                m.meta | BIT_COUNTER,
+            ),
+            None => {
+                let value = st.value.unwrap_or(&[]);
+                let trailer = st.counter.unwrap_or(&[]);
+                let bits = st.meta & shard::REPLICATED_BITS;
+                let bits = if st.counter.is_some() {
+                    bits | BIT_COUNTER
+                } else {
+                    bits
+                };
+                let data = item::build(
+                    st.key,
+                    &[value, trailer],
+                    st.version,
+                    st.exptime,
+                    st.flags,
+                    now,
+                );
+                (data, bits)
+            }
+        };
         match self.link(sh, st.key, hash, cur, data, now, credit, Origin::Remote) {
             Step::Done(true) => {
                 // link() leaves a new or replaced slot with no bits: only set ones need a write.
-                let bits = st.meta & shard::REPLICATED_BITS;
                 if bits != 0 {
                     self.set_bits_of(sh, hash, st.key, bits);
                 }
@@ -244,8 +406,9 @@ impl Store {
         true
     }
 
-    /// The number of live items and an order-independent digest over their (key, version):
-    /// equal on both nodes exactly when they hold the same items at the same versions.
+    /// The number of live items and an order-independent digest over their (key, version,
+    /// counter totals): equal on both nodes exactly when they hold the same items at the
+    /// same versions (and incremented items with the same totals).
     pub fn digest(&self, now: u32) -> (u64, u64) {
         let flush = self.flush_view();
         let (mut count, mut sum) = (0u64, 0u64);
@@ -256,11 +419,14 @@ impl Store {
                 let Some(s) = sh.slot(pos as u32) else {
                     continue;
                 };
-                if !s.live() || s.is_tombstone() || shard::dead(s.data(), now, &flush).is_some() {
+                if !s.live() || s.is_tombstone() || shard::dead(s, now, &flush).is_some() {
                     continue;
                 }
                 count += 1;
-                sum = sum.wrapping_add(mix(key_hash(s.key()) ^ mix(item::version(s.data()))));
+                // A counter's totals are part of its identity: two nodes can hold the same
+                // version with different totals until the last states have crossed.
+                let v = item::version(s.data()) ^ s.counter().map_or(0, key_hash);
+                sum = sum.wrapping_add(mix(key_hash(s.key()) ^ mix(v)));
             }
         }
         (count, sum)
@@ -270,7 +436,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{hlc, FlushState, StoreCmd, StoreConfig};
+    use crate::storage::{hlc, ArithOutcome, FlushState, StoreCmd, StoreConfig};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -300,6 +466,7 @@ mod tests {
         flags: u32,
         exptime: u32,
         value: Option<Vec<u8>>,
+        counter: Option<Vec<u8>>,
     }
 
     fn capture(s: &Store, key: &[u8]) -> Option<Msg> {
@@ -312,6 +479,7 @@ mod tests {
                     flags: it.flags,
                     exptime: it.exptime,
                     value: Some(it.value.to_vec()),
+                    counter: it.counter.map(<[u8]>::to_vec),
                 },
                 StateRef::Tombstone { key, version } => Msg {
                     key: key.to_vec(),
@@ -319,6 +487,7 @@ mod tests {
                     flags: 0,
                     exptime: 0,
                     value: None,
+                    counter: None,
                 },
             })
         });
@@ -334,6 +503,7 @@ mod tests {
                 exptime: m.exptime,
                 meta: 0,
                 value: m.value.as_deref(),
+                counter: m.counter.as_deref(),
             },
             NOW,
         )
@@ -581,5 +751,190 @@ mod tests {
         let after = a.clock_now();
         assert!(after > before);
         assert_eq!(hlc::node_of(after), id);
+    }
+
+    fn value_of(s: &Store, key: &[u8]) -> Option<Vec<u8>> {
+        s.get(key, NOW, |it| it.value.to_vec()).1
+    }
+
+    /// Delivers every message of `msgs` to `dst` in a random order, some twice.
+    fn deliver_shuffled(dst: &Store, msgs: &[Msg], rng: &mut Rng) {
+        let mut copies = msgs.to_vec();
+        copies.extend(msgs.iter().filter(|_| rng.below(3) == 0).cloned());
+        while !copies.is_empty() {
+            let m = copies.swap_remove(rng.below(copies.len() as u64) as usize);
+            deliver(dst, &m);
+        }
+    }
+
+    #[test]
+    fn concurrent_increments_on_both_nodes_all_survive() {
+        for seed in 1..=30u64 {
+            let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
+            let (a, b) = (node(1, &clock), node(2, &clock));
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            a.store(StoreCmd::Set, b"n", 5, 0, b"1000", 0, NOW);
+            deliver(&b, &capture(&a, b"n").expect("state"));
+            let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+            let mut net: i64 = 1000;
+            for _ in 0..500 {
+                if rng.below(2) == 0 {
+                    clock.fetch_add(1, Ordering::SeqCst);
+                }
+                let (src, dst, out) = if rng.below(2) == 0 {
+                    (&a, &b, &mut to_b)
+                } else {
+                    (&b, &a, &mut to_a)
+                };
+                let d = rng.below(4);
+                if rng.below(4) == 0 {
+                    src.arith(b"n", false, d, NOW);
+                    net -= d as i64;
+                } else {
+                    src.arith(b"n", true, d, NOW);
+                    net += d as i64;
+                }
+                if rng.below(3) == 0 {
+                    out.push(capture(src, b"n").expect("state"));
+                }
+                if rng.below(10) == 0 {
+                    deliver(dst, &capture(src, b"n").expect("state"));
+                }
+            }
+            to_b.push(capture(&a, b"n").expect("state"));
+            to_a.push(capture(&b, b"n").expect("state"));
+            deliver_shuffled(&b, &to_b, &mut rng);
+            deliver_shuffled(&a, &to_a, &mut rng);
+            let (va, vb) = (capture(&a, b"n"), capture(&b, b"n"));
+            let (va, vb) = (va.expect("a"), vb.expect("b"));
+            assert_eq!(a.digest(NOW), b.digest(NOW), "seed {seed}");
+            assert_eq!(va.version, vb.version, "seed {seed}");
+            assert_eq!(va.value, vb.value, "seed {seed}");
+            assert_eq!(va.counter, vb.counter, "seed {seed}");
+            assert_eq!(va.flags, 5, "flags survive the counter");
+            let shown = va.value.expect("live");
+            let n: i64 = String::from_utf8_lossy(&shown)
+                .trim_end()
+                .parse()
+                .expect("n");
+            assert_eq!(n, net, "seed {seed}: the exact net total");
+        }
+    }
+
+    #[test]
+    fn a_set_after_the_base_replaces_the_counter_on_both_nodes() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
+        let (a, b) = (node(1, &clock), node(2, &clock));
+        a.store(StoreCmd::Set, b"n", 0, 0, b"10", 0, NOW);
+        deliver(&b, &capture(&a, b"n").expect("state"));
+        clock.fetch_add(1, Ordering::SeqCst);
+        a.arith(b"n", true, 1, NOW);
+        clock.fetch_add(1, Ordering::SeqCst);
+        // The set on B is newer than the base but older than B's later increments.
+        b.store(StoreCmd::Set, b"n", 0, 0, b"500", 0, NOW);
+        clock.fetch_add(1, Ordering::SeqCst);
+        a.arith(b"n", true, 1, NOW);
+        let (sa, sb) = (capture(&a, b"n").expect("a"), capture(&b, b"n").expect("b"));
+        assert!(sa.version > sb.version, "A's counter state is the newest");
+        assert_eq!(deliver(&a, &sb), Applied::Applied, "the set wins by base");
+        assert_eq!(deliver(&b, &sa), Applied::Older);
+        assert_eq!(value_of(&a, b"n"), Some(b"500".to_vec()));
+        assert_eq!(a.digest(NOW), b.digest(NOW));
+        // Counting starts again from the set's value, on both nodes.
+        a.arith(b"n", true, 2, NOW);
+        b.arith(b"n", true, 3, NOW);
+        deliver(&b, &capture(&a, b"n").expect("a"));
+        deliver(&a, &capture(&b, b"n").expect("b"));
+        assert_eq!(value_of(&a, b"n"), Some(b"505".to_vec()));
+        assert_eq!(value_of(&b, b"n"), Some(b"505".to_vec()));
+        assert_eq!(a.digest(NOW), b.digest(NOW));
+        // A delete wins over increments on the old base too.
+        clock.fetch_add(1, Ordering::SeqCst);
+        assert!(a.delete(b"n", NOW));
+        b.arith(b"n", true, 1, NOW);
+        deliver(&b, &capture(&a, b"n").expect("a"));
+        deliver(&a, &capture(&b, b"n").expect("b"));
+        assert_eq!(value_of(&a, b"n"), None);
+        assert_eq!(value_of(&b, b"n"), None);
+    }
+
+    #[test]
+    fn a_flush_removes_counters_started_before_it() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
+        let (a, b) = (node(1, &clock), node(2, &clock));
+        a.store(StoreCmd::Set, b"n", 0, 0, b"1", 0, NOW);
+        deliver(&b, &capture(&a, b"n").expect("state"));
+        clock.fetch_add(1, Ordering::SeqCst);
+        a.flush_all(0, NOW);
+        clock.fetch_add(1, Ordering::SeqCst);
+        // B increments after the flush, before hearing of it.
+        b.arith(b"n", true, 1, NOW);
+        let late = capture(&b, b"n").expect("b");
+        assert_eq!(deliver(&a, &late), Applied::Older);
+        b.apply_flush_state(a.flush_state());
+        assert_eq!(value_of(&b, b"n"), None);
+        assert_eq!(a.digest(NOW), b.digest(NOW));
+    }
+
+    #[test]
+    fn the_shown_value_keeps_memcacheds_padding_and_plain_items_pay_nothing() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
+        let a = node(1, &clock);
+        a.store(StoreCmd::Set, b"n", 0, 0, b"10", 0, NOW);
+        let plain = a.used_bytes();
+        assert_eq!(capture(&a, b"n").expect("state").counter, None);
+        assert_eq!(a.arith(b"n", false, 1, NOW), ArithOutcome::Value(9));
+        assert_eq!(value_of(&a, b"n"), Some(b"9 ".to_vec()));
+        assert!(a.used_bytes() > plain, "the counter is paid for");
+        assert_eq!(a.arith(b"n", true, 991, NOW), ArithOutcome::Value(1000));
+        assert_eq!(value_of(&a, b"n"), Some(b"1000".to_vec()));
+        assert_eq!(a.arith(b"n", false, 2000, NOW), ArithOutcome::Value(0));
+        assert_eq!(value_of(&a, b"n"), Some(b"0   ".to_vec()));
+        // A set makes it a plain item again.
+        a.store(StoreCmd::Set, b"n", 0, 0, b"10", 0, NOW);
+        assert_eq!(a.used_bytes(), plain);
+        assert_eq!(capture(&a, b"n").expect("state").counter, None);
+        // An append does too, and the counter bytes never show.
+        a.arith(b"n", true, 1, NOW);
+        a.store(StoreCmd::Append, b"n", 0, 0, b"x", 0, NOW);
+        assert_eq!(value_of(&a, b"n"), Some(b"11x".to_vec()));
+        assert_eq!(capture(&a, b"n").expect("state").counter, None);
+        // A touch keeps the counter.
+        a.store(StoreCmd::Set, b"t", 0, 0, b"1", 0, NOW);
+        a.arith(b"t", true, 1, NOW);
+        assert!(a.touch(b"t", 100, NOW));
+        assert!(capture(&a, b"t").expect("state").counter.is_some());
+        assert_eq!(value_of(&a, b"t"), Some(b"2".to_vec()));
+        // Outside a pair, incr keeps no counter at all.
+        let single = Store::new(StoreConfig {
+            memory_limit: 1 << 20,
+            evictions: true,
+            item_size_max: 1 << 20,
+            cas_enabled: true,
+            shards: 1,
+            node_id: 1,
+        });
+        single.store(StoreCmd::Set, b"n", 0, 0, b"10", 0, NOW);
+        let before = single.used_bytes();
+        single.arith(b"n", true, 1, NOW);
+        assert_eq!(single.used_bytes(), before);
+        assert_eq!(capture(&single, b"n").expect("state").counter, None);
+    }
+
+    #[test]
+    fn a_corrupt_counter_state_is_ignored() {
+        let clock = Arc::new(AtomicU64::new(u64::from(NOW) * 1_000_000));
+        let a = node(1, &clock);
+        let st = RemoteState {
+            key: b"k",
+            version: 5,
+            flags: 0,
+            exptime: 0,
+            meta: 0,
+            value: Some(b"1"),
+            counter: Some(&[1, 2, 3]),
+        };
+        assert_eq!(a.apply(st, NOW), Applied::Older);
+        assert_eq!(value_of(&a, b"k"), None);
     }
 }

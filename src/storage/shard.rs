@@ -2,7 +2,7 @@
 //! shard's counters. Everything here runs under the shard's lock; the store owns locking,
 //! global memory accounting and cross-shard eviction.
 
-use super::{hlc, item};
+use super::{counter, hlc, item};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
@@ -48,6 +48,9 @@ pub(crate) const BIT_STALE: u8 = 8;
 pub(crate) const BIT_WIN_SENT: u8 = 16;
 /// Meta `b`: the key was sent base64-encoded, so `k` returns it encoded.
 pub(crate) const BIT_KEY_BINARY: u8 = 32;
+/// The item buffer ends in a counter trailer (see `counter.rs`): the item was incremented
+/// in a pair. Plain items never carry one.
+pub(crate) const BIT_COUNTER: u8 = 64;
 /// The bits that are part of an item's replicated state.
 pub(crate) const REPLICATED_BITS: u8 = BIT_STALE | BIT_KEY_BINARY;
 
@@ -97,8 +100,27 @@ impl Slot {
     pub(crate) fn key(&self) -> &[u8] {
         item::key(&self.data, self.klen())
     }
+    /// The value clients see (without a counter trailer).
     pub(crate) fn value(&self) -> &[u8] {
-        item::value(&self.data, self.klen())
+        let v = item::value(&self.data, self.klen());
+        let t = self.counter().map_or(0, <[u8]>::len);
+        v.get(..v.len() - t).unwrap_or(&[])
+    }
+    /// The counter trailer's encoding, for an incremented item.
+    pub(crate) fn counter(&self) -> Option<&[u8]> {
+        if self.bits() & BIT_COUNTER == 0 || self.is_tombstone() {
+            return None;
+        }
+        let v = item::value(&self.data, self.klen());
+        let len = counter::trailer_len(v)?;
+        v.get(v.len() - len..)
+    }
+    /// The version that orders this state against a different one: the version the
+    /// counter started from for an incremented item, the item's own version otherwise.
+    pub(crate) fn base_version(&self) -> u64 {
+        self.counter()
+            .and_then(counter::base_version_of)
+            .unwrap_or_else(|| item::version(&self.data))
     }
     pub(crate) fn cost(&self) -> usize {
         item::cost(self.data.len())
@@ -165,8 +187,11 @@ impl FlushView {
     }
 }
 
-pub(crate) fn dead(d: &[u8], now: u32, flush: &FlushView) -> Option<Dead> {
-    if flush.flushed(item::time(d), item::version(d), now) {
+/// Whether an item is dead. A flush compares an incremented item by its base version: the
+/// flush replaces the counter as it would the `set` that started it.
+pub(crate) fn dead(s: &Slot, now: u32, flush: &FlushView) -> Option<Dead> {
+    let d = s.data();
+    if flush.flushed(item::time(d), s.base_version(), now) {
         return Some(Dead::Flushed);
     }
     let e = item::exptime(d);

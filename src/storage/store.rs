@@ -56,6 +56,8 @@ pub struct ItemRef<'a> {
     pub fetched: bool,
     /// The state bits that replicate with the item (stale, binary key).
     pub repl_bits: u8,
+    /// The counter state of an item incremented in a pair (its encoding), if any.
+    pub counter: Option<&'a [u8]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,7 +391,7 @@ impl Store {
             return Err(Lookup::Miss);
         }
         let flush = self.flush_view();
-        let state = sh.slot(i).and_then(|s| shard::dead(s.data(), now, &flush));
+        let state = sh.slot(i).and_then(|s| shard::dead(s, now, &flush));
         match state {
             None => Ok(i),
             Some(d) => {
@@ -419,7 +421,7 @@ impl Store {
             }
             if cur != protect {
                 if let Some(s) = sh.slot(cur) {
-                    if shard::dead(s.data(), now, &flush).is_some() {
+                    if shard::dead(s, now, &flush).is_some() {
                         let unfetched = s.bits() & BIT_FETCHED == 0;
                         let freed = sh.remove(cur);
                         self.release(freed);
@@ -560,6 +562,7 @@ impl Store {
             last_access: item::time(d),
             fetched: s.bits() & BIT_FETCHED != 0,
             repl_bits: s.bits() & shard::REPLICATED_BITS,
+            counter: s.counter(),
         }
     }
 
@@ -990,6 +993,14 @@ impl Store {
                 let Some(cur) = item::parse_number(s.value()) else {
                     return Step::Done(ArithOutcome::NonNumeric);
                 };
+                if self.pair {
+                    let version = self.version_after(item::version(s.data()));
+                    let exptime = item::exptime(s.data());
+                    let op = (incr, delta);
+                    return self
+                        .counter_arith(sh, hash, key, i, op, cur, version, exptime, now, credit)
+                        .map_done(|r| r.map_or(ArithOutcome::OutOfMemory, ArithOutcome::Value));
+                }
                 let v = if incr {
                     cur.wrapping_add(delta)
                 } else {
@@ -1100,7 +1111,7 @@ impl Store {
                 let dead = sh
                     .slot(pos)
                     .filter(|s| s.live() && !s.is_tombstone())
-                    .map(|s| (shard::dead(s.data(), now, &flush), s.bits()));
+                    .map(|s| (shard::dead(s, now, &flush), s.bits()));
                 if let Some((d, bits)) = dead {
                     sh.c.crawler_items_checked += 1;
                     if d.is_some() {
@@ -1166,7 +1177,7 @@ impl Store {
         let mut seen = 0;
         while pos < end && seen < max {
             if let Some(s) = sh.slot(pos as u32) {
-                if s.live() && !s.is_tombstone() && shard::dead(s.data(), now, &flush).is_none() {
+                if s.live() && !s.is_tombstone() && shard::dead(s, now, &flush).is_none() {
                     f(&self.item_ref(s));
                     seen += 1;
                 }
