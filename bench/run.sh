@@ -72,7 +72,7 @@ usage: bench/run.sh [options]
   --only REGEX       run only throughput rows (scenarios 1, 2) whose name matches
   --skip-perf        drop scenarios 1 and 2
   --skip-memory      drop scenario 3
-  --pair CMD         repcached command for scenarios 2, 4, 5 (default: --b's command)
+  --pair CMD         repcached command for scenarios 2, 4, 5 (default: the release build)
   --pair-name NAME   label for the pair node in scenario 2     (default: <b-name>+peer)
   --boot-items LIST  item counts of scenario 4, space-separated    (default: $BOOT_ITEMS)
   --boot-pipeline D  pipeline of the get load in scenario 4       (default: $BOOT_PIPELINE)
@@ -134,7 +134,7 @@ log() { echo "# $*" >&2; }
 
 want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 [[ $SCENARIOS =~ ^[1-5,]*$ ]] || die "--scenarios takes numbers 1-5 separated by commas"
-PAIR_CMD=${PAIR_CMD:-$B_CMD}
+PAIR_CMD=${PAIR_CMD:-$ROOT/target/release/repcached}
 PAIR_NAME=${PAIR_NAME:-$B_NAME+peer}
 [ "$A_NAME" != "$B_NAME" ] || die "--a-name and --b-name must differ"
 [ "$PAIR_NAME" != "$A_NAME" ] && [ "$PAIR_NAME" != "$B_NAME" ] || die "--pair-name must differ from A and B"
@@ -556,7 +556,7 @@ fi
 if want 4; then
     echo
     echo "Scenario 4, bootstrap: $PAIR_NAME node B starts with node A as its peer; ${KEY_SIZE} B keys, 100 B values; ready = B's client port accepts and B's curr_items = A's"
-    bootrow() { printf '%-9s | %-21s | %-21s | %-10s | %9s | %9s | %6s | %s\n' "$@" | tee -a "$OUT/bootstrap.txt"; }
+    bootrow() { printf '%-9s | %-21s | %-21s | %-13s | %9s | %9s | %6s | %s\n' "$@" | tee -a "$OUT/bootstrap.txt"; }
     echo "medians over $REPEATS repeats; get load: $CONNS conns, pipeline $BOOT_PIPELINE; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     bootrow "items" "ready idle s (port)" "ready loaded s (port)" "target" "A get/s before" "during" "ratio" "target during/before >= 0.8 (window s)"
     for items in $BOOT_ITEMS; do
