@@ -227,10 +227,13 @@ start_server() {
 }
 
 # A port nothing listens on now (the server may still lose a race for it; callers check).
+# Below the kernel's ephemeral range (32768-60999 by default): a port from that range can
+# be taken between the check and the bind by any outgoing connection, such as one node
+# dialling its peer.
 free_port() {
     local port try
     for try in $(seq 1 50); do
-        port=$((20000 + RANDOM % 40000))
+        port=$((20000 + RANDOM % 12000))
         port_open "$port" || { echo "$port"; return 0; }
     done
     die "no free port found"

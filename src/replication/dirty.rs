@@ -119,42 +119,47 @@ impl DirtySet {
         (h, &self.shards[(h >> 58) as usize % SHARDS])
     }
 
-    fn noted(&self) {
+    /// Returns true when this call asked the replication thread to wake up.
+    fn noted(&self) -> bool {
         if self.oldest_ms.load(Ordering::Relaxed) == 0 {
             self.oldest_ms.store(wall_ms(), Ordering::Relaxed);
         }
         // Read before swapping: every write comes here, and an unconditional swap would
         // bounce the flag's cache line between the workers while the set is non-empty.
-        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
+        // SeqCst pairs with `arm`: the key count went up before this load, so either this
+        // load sees the flag armed or the replication thread's check after arming sees the key.
+        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::AcqRel) {
             if let Some(w) = self.waker.get() {
                 let _ = w.wake();
             }
+            return true;
         }
+        false
     }
 
-    pub fn add(&self, key: &[u8]) {
+    /// Records a changed key; true when the replication thread was asked to wake up.
+    pub fn add(&self, key: &[u8]) -> bool {
         let cost = key.len() + PER_KEY;
         if self.bytes.load(Ordering::Relaxed) + cost > self.limit.load(Ordering::Relaxed) {
-            self.overflow();
-            return;
+            return self.overflow();
         }
         let (hash, shard) = self.hash(key);
         let mut set = lock(shard);
         if set.insert(hash, key, &self.hasher) {
             self.bytes.fetch_add(cost, Ordering::Relaxed);
-            self.keys.fetch_add(1, Ordering::Relaxed);
+            self.keys.fetch_add(1, Ordering::SeqCst);
         }
         drop(set);
-        self.noted();
+        self.noted()
     }
 
     /// Drops every pending key and records that the peer must be repaired by a full exchange.
-    fn overflow(&self) {
+    fn overflow(&self) -> bool {
         if !self.overflowed.swap(true, Ordering::AcqRel) {
             log::warn!("replication backlog over its bound: falling back to a full exchange");
         }
         self.clear();
-        self.noted();
+        self.noted()
     }
 
     pub fn add_flush(&self, ev: FlushState) {
@@ -165,6 +170,14 @@ impl DirtySet {
         });
         drop(f);
         self.noted();
+    }
+
+    /// Asks for a wake-up on the next change. The replication thread calls it before it
+    /// looks at whether anything is pending: a wake-up taken and then answered without a
+    /// drain (the keys had already gone with an earlier one) would otherwise leave the flag
+    /// down, and later changes would wait for the loop's timer.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
     }
 
     /// Takes up to `max` pending keys (and the pending flush) for sending; the rest stay
@@ -240,7 +253,7 @@ impl DirtySet {
     }
 
     pub fn pending_keys(&self) -> usize {
-        self.keys.load(Ordering::Relaxed)
+        self.keys.load(Ordering::SeqCst)
     }
 
     pub fn pending_bytes(&self) -> usize {
@@ -308,6 +321,24 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len(), 100);
         assert_eq!(d.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn a_change_after_an_empty_check_always_wakes_the_sender() {
+        let d = DirtySet::new(1 << 20);
+        assert!(d.add(b"a"), "the first change wakes the sender");
+        assert!(!d.add(b"b"), "later ones ride along");
+        let mut keys = Vec::new();
+        d.drain(&mut keys, usize::MAX);
+        // A worker took the flag while that drain ran, and its key left with the drain: the
+        // sender wakes for it, finds nothing pending and goes back to sleep.
+        d.armed.store(false, Ordering::SeqCst);
+        d.arm();
+        assert!(d.is_empty());
+        assert!(
+            d.add(b"c"),
+            "a change after the sender's empty check must wake it"
+        );
     }
 
     #[test]

@@ -997,6 +997,7 @@ impl Node {
             }
             encode(&Frame::BootstrapReq, &mut link.wbuf);
         }
+        self.repl.dirty.arm();
         while link.pending_output() < SEND_HIGH_WATER && !self.repl.dirty.is_empty() {
             self.keys.clear();
             let flush = self.repl.dirty.drain(&mut self.keys, DRAIN_BATCH);
