@@ -25,6 +25,9 @@ pub const WAKE: Token = Token(usize::MAX);
 /// wait in its own socket buffer instead.
 const OUTPUT_HIGH_WATER: usize = 1024 * 1024;
 
+/// Replies held back while more input is read are written once they reach this size.
+const FLUSH_BATCH: usize = 64 * 1024;
+
 /// Beyond this much unparsed input that still is not one request, the connection is
 /// dropped. Only a multi-get line or a value can be this long; the bound leaves room
 /// for the largest item plus a generous key list.
@@ -193,11 +196,17 @@ impl Worker {
         let mut budget = shared.cfg.reqs_per_event;
         let step = loop {
             let step = process(conn, &ctx, &self.limits, &mut budget);
-            match conn.flush() {
-                Ok(n) => bump(&stats.bytes_written, n as u64),
-                Err(_) => {
-                    dead = true;
-                    break Step::Close;
+            // Replies wait while more input may be in the socket, so one write carries the
+            // answers to several reads; they go out when this round ends (below), when the
+            // socket has been drained, or once a batch has built up.
+            let more_input = matches!(step, Step::NeedInput) && !short_read;
+            if !more_input || conn.pending_output() >= FLUSH_BATCH {
+                match conn.flush() {
+                    Ok(n) => bump(&stats.bytes_written, n as u64),
+                    Err(_) => {
+                        dead = true;
+                        break Step::Close;
+                    }
                 }
             }
             match step {
@@ -233,6 +242,13 @@ impl Worker {
                 ReadOutcome::Eof => conn.eof = true,
             }
         };
+        if !dead && conn.pending_output() > 0 {
+            match conn.flush() {
+                Ok(n) => bump(&stats.bytes_written, n as u64),
+                Err(_) => dead = true,
+            }
+        }
+        let step = if dead { Step::Close } else { step };
         let wants_write = conn.pending_output() > 0;
         match step {
             Step::Close if dead || !wants_write => {
