@@ -4,25 +4,10 @@
 
 mod common;
 
-use common::{cmd, memcached_available, stat_u64, stats, target_is_memcached, Server, MEMCACHED};
+use common::{
+    cmd, memcached_available, meta, stat_u64, stats, target_is_memcached, Server, MEMCACHED,
+};
 use std::path::Path;
-
-/// One meta reply: the status line, plus the data block after a `VA` line.
-fn meta(c: &mut common::Conn, req: &str) -> String {
-    c.send(req.as_bytes());
-    let line = c.read_line();
-    let mut out = String::from_utf8_lossy(&line).into_owned();
-    if let Some(rest) = out.strip_prefix("VA ") {
-        let len: usize = rest
-            .split(' ')
-            .next()
-            .and_then(|n| n.trim_end().parse().ok())
-            .unwrap_or_else(|| panic!("bad VA line {out:?}"));
-        let data = c.read_n(len + 2);
-        out.push_str(&String::from_utf8_lossy(&data));
-    }
-    out
-}
 
 /// The CAS a meta reply returned with `c`.
 fn cas_in(reply: &str) -> u64 {

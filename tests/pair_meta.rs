@@ -7,25 +7,8 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
+use common::meta;
 use common::pair::{digest, Pair, SETTLE_WITHIN};
-use common::Conn;
-
-/// One meta reply: the status line, plus the data block after a `VA` line.
-fn meta(c: &mut Conn, req: &str) -> String {
-    c.send(req.as_bytes());
-    let line = c.read_line();
-    let mut out = String::from_utf8_lossy(&line).into_owned();
-    if let Some(rest) = out.strip_prefix("VA ") {
-        let len: usize = rest
-            .split(' ')
-            .next()
-            .and_then(|n| n.trim_end().parse().ok())
-            .unwrap_or_else(|| panic!("bad VA line {out:?}"));
-        let data = c.read_n(len + 2);
-        out.push_str(&String::from_utf8_lossy(&data));
-    }
-    out
-}
 
 #[test]
 fn meta_writes_replicate() {

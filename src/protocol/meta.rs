@@ -449,22 +449,8 @@ pub fn encode_key(src: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::super::text::parse as parse_text;
+    use super::super::text::tests::{one, LIMITS};
     use super::*;
-
-    const LIMITS: ParseLimits = ParseLimits {
-        item_size_max: 1024 * 1024,
-        cas_enabled: true,
-    };
-
-    fn one(buf: &[u8]) -> Request<'_> {
-        match parse_text(buf, &LIMITS) {
-            Parsed::Complete { req, consumed } => {
-                assert_eq!(consumed, buf.len(), "{:?}", String::from_utf8_lossy(buf));
-                req
-            }
-            Parsed::Incomplete => panic!("incomplete: {:?}", String::from_utf8_lossy(buf)),
-        }
-    }
 
     fn err(buf: &[u8]) -> &'static str {
         match one(buf) {

@@ -635,10 +635,10 @@ pub(super) fn safe_strtol(s: &[u8]) -> Option<i32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const LIMITS: ParseLimits = ParseLimits {
+    pub(in crate::protocol) const LIMITS: ParseLimits = ParseLimits {
         item_size_max: 1024 * 1024,
         cas_enabled: true,
     };
@@ -648,7 +648,7 @@ mod tests {
     }
 
     /// Parses a buffer that must hold exactly one complete request.
-    fn one(buf: &[u8]) -> Request<'_> {
+    pub(in crate::protocol) fn one(buf: &[u8]) -> Request<'_> {
         match p(buf) {
             Parsed::Complete { req, consumed } => {
                 assert_eq!(consumed, buf.len(), "{:?}", String::from_utf8_lossy(buf));

@@ -429,6 +429,24 @@ impl Conn {
     }
 }
 
+/// Sends one meta request and returns its reply: the status line, plus the data block
+/// after a `VA` line.
+pub fn meta(c: &mut Conn, req: &str) -> String {
+    c.send(req.as_bytes());
+    let line = c.read_line();
+    let mut out = String::from_utf8_lossy(&line).into_owned();
+    if let Some(rest) = out.strip_prefix("VA ") {
+        let len: usize = rest
+            .split(' ')
+            .next()
+            .and_then(|n| n.trim_end().parse().ok())
+            .unwrap_or_else(|| panic!("bad VA line {out:?}"));
+        let data = c.read_n(len + 2);
+        out.push_str(&String::from_utf8_lossy(&data));
+    }
+    out
+}
+
 /// Sends `text` and returns the reply as a (lossy) string.
 pub fn cmd(conn: &mut Conn, text: &str) -> String {
     String::from_utf8_lossy(&conn.request(text.as_bytes())).into_owned()
