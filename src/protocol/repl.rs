@@ -337,12 +337,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             key,
             value,
         } => {
-            out.push(T_STATE);
-            out.extend_from_slice(&version.to_be_bytes());
-            out.extend_from_slice(&flags.to_be_bytes());
-            out.extend_from_slice(&exptime.to_be_bytes());
-            out.push(meta);
-            push_key(out, key);
+            push_state_head(out, T_STATE, version, flags, exptime, meta, key);
             out.extend_from_slice(value);
         }
         Frame::Counter {
@@ -354,12 +349,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             counter,
             value,
         } => {
-            out.push(T_COUNTER);
-            out.extend_from_slice(&version.to_be_bytes());
-            out.extend_from_slice(&flags.to_be_bytes());
-            out.extend_from_slice(&exptime.to_be_bytes());
-            out.push(meta);
-            push_key(out, key);
+            push_state_head(out, T_COUNTER, version, flags, exptime, meta, key);
             // An encoding holds at most 255 entries: well under 64 KiB.
             let n = u16::try_from(counter.len()).expect("counter encodings are under 9 KiB");
             out.extend_from_slice(&n.to_be_bytes());
@@ -406,6 +396,24 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     }
     let len = (out.len() - start - LEN) as u32;
     out[start..start + LEN].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The fields State and Counter frames share, in front of their variable parts.
+fn push_state_head(
+    out: &mut Vec<u8>,
+    ty: u8,
+    version: u64,
+    flags: u32,
+    exptime: u32,
+    meta: u8,
+    key: &[u8],
+) {
+    out.push(ty);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&exptime.to_be_bytes());
+    out.push(meta);
+    push_key(out, key);
 }
 
 fn push_key(out: &mut Vec<u8>, key: &[u8]) {

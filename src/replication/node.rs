@@ -755,7 +755,7 @@ impl Node {
                     counter: Some(counter),
                 };
                 self.applied(
-                    self.store.apply(st, crate::clock::unix_now()),
+                    self.store.apply(st, now),
                     key.len() + value.len() + counter.len(),
                 );
                 self.count_received(wbuf);
