@@ -92,14 +92,7 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
         } => {
             bump(&st.cmd_set, 1);
             let outcome = store.store(cmd, key, flags, exptime, value, cas_unique, ctx.now);
-            if cmd == StoreCmd::Cas {
-                match outcome {
-                    StoreOutcome::Stored => bump(&st.cas_hits, 1),
-                    StoreOutcome::Exists => bump(&st.cas_badval, 1),
-                    StoreOutcome::NotFound => bump(&st.cas_misses, 1),
-                    _ => {}
-                }
-            }
+            count_cas(st, cmd, outcome);
             let msg: &[u8] = match outcome {
                 StoreOutcome::Stored => b"STORED",
                 StoreOutcome::NotStored => b"NOT_STORED",
@@ -307,20 +300,42 @@ fn get(ctx: &Ctx, list: &[u8], cas: bool, touch: Option<i32>, out: &mut Vec<u8>)
             Some(exp) => store.get_and_touch(key, exp, ctx.now, emit),
         };
         // memcached counts gat/gats as touches only.
-        if touch.is_none() {
+        count_lookup(st, touch.is_some(), hit.is_some());
+    }
+}
+
+/// memcached's counters for one key looked up by a get (`cmd_get`, hits, misses) or, when
+/// the lookup also set a new TTL, by a touch (`cmd_touch`, touch hits and misses).
+pub(super) fn count_lookup(st: &ThreadStats, touched: bool, hit: bool) {
+    match (touched, hit) {
+        (false, true) => {
             bump(&st.cmd_get, 1);
+            bump(&st.get_hits, 1);
         }
-        match (touch.is_some(), hit.is_some()) {
-            (false, true) => bump(&st.get_hits, 1),
-            (false, false) => bump(&st.get_misses, 1),
-            (true, true) => {
-                bump(&st.cmd_touch, 1);
-                bump(&st.touch_hits, 1);
-            }
-            (true, false) => {
-                bump(&st.cmd_touch, 1);
-                bump(&st.touch_misses, 1);
-            }
+        (false, false) => {
+            bump(&st.cmd_get, 1);
+            bump(&st.get_misses, 1);
         }
+        (true, true) => {
+            bump(&st.cmd_touch, 1);
+            bump(&st.touch_hits, 1);
+        }
+        (true, false) => {
+            bump(&st.cmd_touch, 1);
+            bump(&st.touch_misses, 1);
+        }
+    }
+}
+
+/// memcached's CAS counters for a storage command that compared a CAS value.
+pub(super) fn count_cas(st: &ThreadStats, cmd: StoreCmd, outcome: StoreOutcome) {
+    if cmd != StoreCmd::Cas {
+        return;
+    }
+    match outcome {
+        StoreOutcome::Stored => bump(&st.cas_hits, 1),
+        StoreOutcome::Exists => bump(&st.cas_badval, 1),
+        StoreOutcome::NotFound => bump(&st.cas_misses, 1),
+        _ => {}
     }
 }

@@ -11,7 +11,7 @@ use crate::storage::{
     StoreOutcome, WriteOpts,
 };
 
-use super::exec::Ctx;
+use super::exec::{count_cas, count_lookup, Ctx};
 
 const NON_NUMERIC: &[u8] = b"CLIENT_ERROR cannot increment or decrement non-numeric value";
 
@@ -168,25 +168,7 @@ fn get(ctx: &Ctx, m: &MetaRequest, key: &[u8], out: &mut Vec<u8>) {
         return;
     }
     // memcached decides "touch" while writing a hit's flags, so a miss with T is a get miss.
-    let touched = f.ttl.is_some() && hit.is_some();
-    match (touched, hit.is_some()) {
-        (false, true) => {
-            bump(&st.cmd_get, 1);
-            bump(&st.get_hits, 1);
-        }
-        (false, false) => {
-            bump(&st.cmd_get, 1);
-            bump(&st.get_misses, 1);
-        }
-        (true, true) => {
-            bump(&st.cmd_touch, 1);
-            bump(&st.touch_hits, 1);
-        }
-        (true, false) => {
-            bump(&st.cmd_touch, 1);
-            bump(&st.touch_misses, 1);
-        }
-    }
+    count_lookup(st, f.ttl.is_some() && hit.is_some(), hit.is_some());
     if hit.is_none() && !f.quiet {
         out.extend_from_slice(b"EN");
         write_opaque_and_key(out, m, key);
@@ -230,14 +212,7 @@ fn set(ctx: &Ctx, m: &MetaRequest, key: &[u8], out: &mut Vec<u8>) {
         ctx.now,
         &opts,
     );
-    if cmd == StoreCmd::Cas {
-        match outcome {
-            StoreOutcome::Stored => bump(&st.cas_hits, 1),
-            StoreOutcome::Exists => bump(&st.cas_badval, 1),
-            StoreOutcome::NotFound => bump(&st.cas_misses, 1),
-            _ => {}
-        }
-    }
+    count_cas(st, cmd, outcome);
     let code: &[u8] = match outcome {
         StoreOutcome::Stored if f.quiet => return,
         StoreOutcome::Stored => b"HD",
