@@ -37,6 +37,7 @@ PAIR_NAME=${PAIR_NAME:-}
 BOOT_ITEMS=${BOOT_ITEMS:-"100000 1000000"}
 BOOT_PIPELINE=${BOOT_PIPELINE:-1}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}
+BOOT_B_CPUS=${BOOT_B_CPUS:-}
 LAG_DURATION=${LAG_DURATION:-10}
 LAG_PIPELINE=${LAG_PIPELINE:-16}
 LAG_PROBES=${LAG_PROBES:-5000}
@@ -77,6 +78,8 @@ usage: bench/run.sh [options]
   --boot-items LIST  item counts of scenario 4, space-separated    (default: $BOOT_ITEMS)
   --boot-pipeline D  pipeline of the get load in scenario 4       (default: $BOOT_PIPELINE)
   --boot-timeout S   longest wait for a bootstrapping node        (default: $BOOT_TIMEOUT)
+  --boot-b-cpus L    scenario 4: pin the starting node B here instead of on the server
+                     CPUs (e.g. the client CPU: a pair on two machines, each node its own core)
   --lag-duration S   probing time per load mix in scenario 5      (default: $LAG_DURATION)
   --lag-pipeline D   pipeline of the load in scenario 5           (default: $LAG_PIPELINE)
   --lag-probes N     most probes per load mix                     (default: $LAG_PROBES)
@@ -115,6 +118,7 @@ while [ $# -gt 0 ]; do
         --boot-items) BOOT_ITEMS=$2; shift 2 ;;
         --boot-pipeline) BOOT_PIPELINE=$2; shift 2 ;;
         --boot-timeout) BOOT_TIMEOUT=$2; shift 2 ;;
+        --boot-b-cpus) BOOT_B_CPUS=$2; shift 2 ;;
         --lag-duration) LAG_DURATION=$2; shift 2 ;;
         --lag-pipeline) LAG_PIPELINE=$2; shift 2 ;;
         --lag-probes) LAG_PROBES=$2; shift 2 ;;
@@ -242,9 +246,10 @@ free_port() {
 # start_bg NAME PORT MEM ARGV... : starts a server without waiting for its client port,
 # for a node whose port opens only after its start-up copy. Sets BG_PID.
 start_bg() {
-    local name=$1 port=$2 mem=$3
+    local name=$1 port=$2 mem=$3 pin=("${SERVER_PIN[@]}")
     shift 3
-    "${SERVER_PIN[@]}" "$@" -p "$port" -l 127.0.0.1 -t "$SERVER_THREADS" -m "$mem" \
+    if [ -n "${BG_CPUS:-}" ]; then pin=(taskset -c "$BG_CPUS"); fi
+    "${pin[@]}" "$@" -p "$port" -l 127.0.0.1 -t "$SERVER_THREADS" -m "$mem" \
         -c "$SERVER_MAXCONN" "${USER_FLAG[@]}" >>"$OUT/$name.log" 2>&1 &
     BG_PID=$!
     STARTED_PIDS+=("$BG_PID")
@@ -559,7 +564,7 @@ fi
 # its throughput with a window of the same length just before.
 if want 4; then
     echo
-    echo "Scenario 4, bootstrap: $PAIR_NAME node B starts with node A as its peer; ${KEY_SIZE} B keys, 100 B values; ready = B's client port accepts and B's curr_items = A's"
+    echo "Scenario 4, bootstrap: $PAIR_NAME node B starts with node A as its peer; ${KEY_SIZE} B keys, 100 B values; ready = B's client port accepts and B's curr_items = A's; B on CPUs ${BOOT_B_CPUS:-$SERVER_CPUS}"
     bootrow() { printf '%-9s | %-21s | %-21s | %-13s | %9s | %9s | %6s | %s\n' "$@" | tee -a "$OUT/bootstrap.txt"; }
     echo "medians over $REPEATS repeats; get load: $CONNS conns, pipeline $BOOT_PIPELINE; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     bootrow "items" "ready idle s (port)" "ready loaded s (port)" "target" "A get/s before" "during" "ratio" "target during/before >= 0.8 (window s)"
@@ -584,7 +589,7 @@ if want 4; then
             local bport t0 rc=0
             bport=$(free_port)
             t0=$EPOCHREALTIME
-            start_bg "boot-$items-B$1" "$bport" 1024 "${PAIR_ARGV[@]}" "${extra[@]}"
+            BG_CPUS=$BOOT_B_CPUS start_bg "boot-$items-B$1" "$bport" 1024 "${PAIR_ARGV[@]}" "${extra[@]}"
             BB_PID=$BG_PID
             if [ "$1" = loaded ]; then
                 mcload "$BA_PORT" "${get_load[@]}" --duration "$window" --seed 2 \
