@@ -978,68 +978,14 @@ impl Store {
     /// length), a longer one makes a new item. Flags and exptime are kept; the version is
     /// new either way.
     pub fn arith(&self, key: &[u8], incr: bool, delta: u64, now: u32) -> ArithOutcome {
-        let (hash, si) = self.hash(key);
-        self.with_room(
-            si,
-            ArithOutcome::OutOfMemory,
-            |sh, credit| {
-                let i = match self.lookup(sh, hash, key, now) {
-                    Ok(i) => i,
-                    Err(_) => return Step::Done(ArithOutcome::NotFound),
-                };
-                let Some(s) = sh.slot(i) else {
-                    return Step::Done(ArithOutcome::NotFound);
-                };
-                let Some(cur) = item::parse_number(s.value()) else {
-                    return Step::Done(ArithOutcome::NonNumeric);
-                };
-                if self.pair {
-                    let version = self.version_after(item::version(s.data()));
-                    let exptime = item::exptime(s.data());
-                    let op = (incr, delta);
-                    return self
-                        .counter_arith(sh, hash, key, i, op, cur, version, exptime, now, credit)
-                        .map_done(|r| r.map_or(ArithOutcome::OutOfMemory, ArithOutcome::Value));
-                }
-                let v = if incr {
-                    cur.wrapping_add(delta)
-                } else {
-                    cur.saturating_sub(delta)
-                };
-                let digits = v.to_string();
-                if digits.len() <= s.value().len() {
-                    let version = self.version_after(item::version(s.data()));
-                    if let Some(s) = sh.slot_mut(i) {
-                        let klen = s.klen();
-                        let d = s.data_mut();
-                        item::set_version(d, version);
-                        item::set_time(d, now);
-                        let val = item::value_mut(d, klen);
-                        let (num, pad) = val.split_at_mut(digits.len());
-                        num.copy_from_slice(digits.as_bytes());
-                        pad.fill(b' ');
-                    }
-                    sh.bump(i);
-                    self.notify(key);
-                    return Step::Done(ArithOutcome::Value(v));
-                }
-                let d = s.data();
-                let data = item::build(
-                    key,
-                    &[digits.as_bytes()],
-                    0,
-                    item::exptime(d),
-                    item::flags(d),
-                    now,
-                );
-                match self.link(sh, key, hash, Some(i), data, now, credit, Origin::Local) {
-                    Step::Done(true) => Step::Done(ArithOutcome::Value(v)),
-                    Step::Done(false) => Step::Done(ArithOutcome::OutOfMemory),
-                    Step::NeedRoom(b) => Step::NeedRoom(b),
-                }
-            },
-            now,
-        )
+        // The meta path without its options is exactly incr/decr: one implementation.
+        match self.meta_arith(key, incr, delta, &super::ArithOpts::default(), now) {
+            super::MetaArith::Value { value, .. } => ArithOutcome::Value(value),
+            super::MetaArith::NonNumeric => ArithOutcome::NonNumeric,
+            super::MetaArith::OutOfMemory => ArithOutcome::OutOfMemory,
+            // Exists needs a compare value or a chosen version, which plain incr lacks.
+            super::MetaArith::NotFound | super::MetaArith::Exists => ArithOutcome::NotFound,
+        }
     }
 
     /// `flush_all [delay]` with memcached 1.6's rules (process_flush_all_command).
