@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::flags::{num, secs};
+
 /// Largest key memcached accepts (KEY_MAX_LENGTH).
 pub const MAX_KEY: usize = 250;
 /// Largest value we will send: memcached's default item size limit (-I 1m).
@@ -89,19 +91,6 @@ fn value<'a>(it: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'
     it.next()
         .map(String::as_str)
         .ok_or_else(|| format!("{flag} needs a value"))
-}
-
-fn num<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
-    s.parse()
-        .map_err(|_| format!("{flag}: cannot parse {s:?} as a number"))
-}
-
-fn secs(s: &str, flag: &str) -> Result<Duration, String> {
-    let f: f64 = num(s, flag)?;
-    if !f.is_finite() || !(0.0..=86_400.0).contains(&f) {
-        return Err(format!("{flag}: {s} is not between 0 and 86400 seconds"));
-    }
-    Ok(Duration::from_secs_f64(f))
 }
 
 /// Digits needed to print the largest key index below `keys`.

@@ -2,6 +2,7 @@
 //! client thread) that reports throughput, latency percentiles, errors and its own CPU.
 
 mod args;
+mod flags;
 mod proto;
 mod worker;
 

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
+#[path = "../flags.rs"]
+mod flags;
+use flags::{num, secs};
+
 const USAGE: &str = "\
 usage: mcprobe lag   --set-port P --get-port P [options]
        mcprobe ready --port P --items N [options]
@@ -66,19 +70,6 @@ struct ReadyOpts {
 enum Mode {
     Lag(LagOpts),
     Ready(ReadyOpts),
-}
-
-fn num<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
-    s.parse()
-        .map_err(|_| format!("{flag}: cannot parse {s:?} as a number"))
-}
-
-fn secs(s: &str, flag: &str) -> Result<Duration, String> {
-    let f: f64 = num(s, flag)?;
-    if !f.is_finite() || !(0.0..=86_400.0).contains(&f) {
-        return Err(format!("{flag}: {s} is not between 0 and 86400 seconds"));
-    }
-    Ok(Duration::from_secs_f64(f))
 }
 
 fn millis(s: &str, flag: &str) -> Result<Duration, String> {
