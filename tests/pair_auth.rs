@@ -135,6 +135,7 @@ fn evil_state() -> Frame<'static> {
         exptime: 0,
         meta: 0,
         key: b"evil",
+        counter: None,
         value: b"pwned",
     }
 }

@@ -49,7 +49,8 @@ pub enum Frame<'a> {
         nonce: [u8; NONCE_LEN],
         cluster: &'a [u8],
     },
-    /// The current state of a live item.
+    /// The current state of a live item. On the wire it is a State frame, or a Counter
+    /// frame when the item carries a counter.
     State {
         version: u64,
         flags: u32,
@@ -58,18 +59,10 @@ pub enum Frame<'a> {
         /// Item state bits that belong to the value: stale (meta `I`), binary key (`b`).
         meta: u8,
         key: &'a [u8],
-        value: &'a [u8],
-    },
-    /// The current state of an item incremented in a pair: a State plus its counter
-    /// (base version, base value, floor and per-node totals; the encoding is
-    /// `storage::counter_encoding_valid`'s, and a frame with another is malformed).
-    Counter {
-        version: u64,
-        flags: u32,
-        exptime: u32,
-        meta: u8,
-        key: &'a [u8],
-        counter: &'a [u8],
+        /// An item incremented in a pair: base version, base value, floor and per-node
+        /// totals (`storage::counter_encoding_valid`'s encoding; a frame with another is
+        /// malformed).
+        counter: Option<&'a [u8]>,
         value: &'a [u8],
     },
     /// A deleted key: no state older than `version` may bring it back.
@@ -204,35 +197,24 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
                 cluster,
             }
         }
-        T_STATE => {
+        T_STATE | T_COUNTER => {
             let version = r.u64()?;
             let flags = r.u32()?;
             let exptime = r.u32()?;
             let meta = r.u8()?;
             let key = r.key()?;
+            let counter = if ty == T_COUNTER {
+                let n = r.take(2)?;
+                let counter = r.take(usize::from(u16::from_be_bytes([n[0], n[1]])))?;
+                if !crate::storage::counter_encoding_valid(counter) {
+                    return Err(FrameError::Malformed(ty));
+                }
+                Some(counter)
+            } else {
+                None
+            };
             let value = r.rest();
             Frame::State {
-                version,
-                flags,
-                exptime,
-                meta,
-                key,
-                value,
-            }
-        }
-        T_COUNTER => {
-            let version = r.u64()?;
-            let flags = r.u32()?;
-            let exptime = r.u32()?;
-            let meta = r.u8()?;
-            let key = r.key()?;
-            let n = r.take(2)?;
-            let counter = r.take(usize::from(u16::from_be_bytes([n[0], n[1]])))?;
-            if !crate::storage::counter_encoding_valid(counter) {
-                return Err(FrameError::Malformed(ty));
-            }
-            let value = r.rest();
-            Frame::Counter {
                 version,
                 flags,
                 exptime,
@@ -335,25 +317,25 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             exptime,
             meta,
             key,
-            value,
-        } => {
-            push_state_head(out, T_STATE, version, flags, exptime, meta, key);
-            out.extend_from_slice(value);
-        }
-        Frame::Counter {
-            version,
-            flags,
-            exptime,
-            meta,
-            key,
             counter,
             value,
         } => {
-            push_state_head(out, T_COUNTER, version, flags, exptime, meta, key);
-            // An encoding holds at most 255 entries: well under 64 KiB.
-            let n = u16::try_from(counter.len()).expect("counter encodings are under 9 KiB");
-            out.extend_from_slice(&n.to_be_bytes());
-            out.extend_from_slice(counter);
+            out.push(if counter.is_some() {
+                T_COUNTER
+            } else {
+                T_STATE
+            });
+            out.extend_from_slice(&version.to_be_bytes());
+            out.extend_from_slice(&flags.to_be_bytes());
+            out.extend_from_slice(&exptime.to_be_bytes());
+            out.push(meta);
+            push_key(out, key);
+            if let Some(counter) = counter {
+                // An encoding holds at most 255 entries: well under 64 KiB.
+                let n = u16::try_from(counter.len()).expect("counter encodings are under 9 KiB");
+                out.extend_from_slice(&n.to_be_bytes());
+                out.extend_from_slice(counter);
+            }
             out.extend_from_slice(value);
         }
         Frame::Tombstone { version, key } => {
@@ -398,24 +380,6 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     out[start..start + LEN].copy_from_slice(&len.to_be_bytes());
 }
 
-/// The fields State and Counter frames share, in front of their variable parts.
-fn push_state_head(
-    out: &mut Vec<u8>,
-    ty: u8,
-    version: u64,
-    flags: u32,
-    exptime: u32,
-    meta: u8,
-    key: &[u8],
-) {
-    out.push(ty);
-    out.extend_from_slice(&version.to_be_bytes());
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&exptime.to_be_bytes());
-    out.push(meta);
-    push_key(out, key);
-}
-
 fn push_key(out: &mut Vec<u8>, key: &[u8]) {
     out.push(u8::try_from(key.len()).expect("keys are at most 250 bytes"));
     out.extend_from_slice(key);
@@ -439,13 +403,13 @@ mod tests {
 
     #[test]
     fn a_counter_frame_with_a_bad_encoding_is_malformed() {
-        let f = Frame::Counter {
+        let f = Frame::State {
             version: 1,
             flags: 0,
             exptime: 0,
             meta: 0,
             key: b"k",
-            counter: &COUNTER_SAMPLE[..COUNTER_SAMPLE.len() - 1],
+            counter: Some(&COUNTER_SAMPLE[..COUNTER_SAMPLE.len() - 1]),
             value: b"1",
         };
         let mut buf = Vec::new();
@@ -454,13 +418,13 @@ mod tests {
         // A length field pointing past the frame.
         let mut buf = Vec::new();
         encode(
-            &Frame::Counter {
+            &Frame::State {
                 version: 1,
                 flags: 0,
                 exptime: 0,
                 meta: 0,
                 key: b"k",
-                counter: COUNTER_SAMPLE,
+                counter: Some(COUNTER_SAMPLE),
                 value: b"",
             },
             &mut buf,
@@ -487,6 +451,7 @@ mod tests {
                 exptime: 1_700_000_000,
                 meta: 8,
                 key: b"k",
+                counter: None,
                 value: b"v\r\n\0",
             },
             Frame::State {
@@ -495,15 +460,16 @@ mod tests {
                 exptime: 0,
                 meta: 0,
                 key: b"empty",
+                counter: None,
                 value: b"",
             },
-            Frame::Counter {
+            Frame::State {
                 version: 43,
                 flags: 3,
                 exptime: 0,
                 meta: 0,
                 key: b"hits",
-                counter: COUNTER_SAMPLE,
+                counter: Some(COUNTER_SAMPLE),
                 value: b"12 ",
             },
             Frame::Tombstone {
@@ -612,6 +578,7 @@ mod tests {
                 exptime: 0,
                 meta: 0,
                 key: b"k",
+                counter: None,
                 value: b"",
             },
             &mut buf,

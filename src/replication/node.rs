@@ -722,26 +722,6 @@ impl Node {
                 exptime,
                 meta,
                 key,
-                value,
-            } => {
-                let st = RemoteState {
-                    key,
-                    version,
-                    flags,
-                    exptime,
-                    meta,
-                    value: Some(value),
-                    counter: None,
-                };
-                self.applied(self.store.apply(st, now), key.len() + value.len());
-                self.count_received(wbuf);
-            }
-            Frame::Counter {
-                version,
-                flags,
-                exptime,
-                meta,
-                key,
                 counter,
                 value,
             } => {
@@ -752,12 +732,10 @@ impl Node {
                     exptime,
                     meta,
                     value: Some(value),
-                    counter: Some(counter),
+                    counter,
                 };
-                self.applied(
-                    self.store.apply(st, now),
-                    key.len() + value.len() + counter.len(),
-                );
+                let size = key.len() + value.len() + counter.map_or(0, <[u8]>::len);
+                self.applied(self.store.apply(st, now), size);
                 self.count_received(wbuf);
             }
             Frame::Tombstone { version, key } => {
@@ -1125,31 +1103,18 @@ fn begin_copy(repl: &Replicator, store: &Store, wbuf: &mut Vec<u8>) -> (Copy, u6
 
 fn encode_state(st: &StateRef, out: &mut Vec<u8>) {
     match st {
-        StateRef::Live(it) => match it.counter {
-            None => encode(
-                &Frame::State {
-                    version: it.version,
-                    flags: it.flags,
-                    exptime: it.exptime,
-                    meta: it.repl_bits,
-                    key: it.key,
-                    value: it.value,
-                },
-                out,
-            ),
-            Some(counter) => encode(
-                &Frame::Counter {
-                    version: it.version,
-                    flags: it.flags,
-                    exptime: it.exptime,
-                    meta: it.repl_bits,
-                    key: it.key,
-                    counter,
-                    value: it.value,
-                },
-                out,
-            ),
-        },
+        StateRef::Live(it) => encode(
+            &Frame::State {
+                version: it.version,
+                flags: it.flags,
+                exptime: it.exptime,
+                meta: it.repl_bits,
+                key: it.key,
+                counter: it.counter,
+                value: it.value,
+            },
+            out,
+        ),
         StateRef::Tombstone { key, version } => encode(
             &Frame::Tombstone {
                 version: *version,
