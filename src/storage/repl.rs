@@ -436,6 +436,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::tests::Rng;
     use crate::storage::{hlc, ArithOutcome, FlushState, StoreCmd, StoreConfig};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -507,19 +508,6 @@ mod tests {
             },
             NOW,
         )
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     /// One random client operation on `s`; returns the key it touched.

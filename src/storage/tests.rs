@@ -532,17 +532,17 @@ fn lowering_the_memory_limit_evicts() {
     assert_eq!(s.stats(NOW).memory_limit, (per * 10) as u64);
 }
 
-/// xorshift64*: a seeded PRNG so failures reproduce.
-struct Rng(u64);
+/// xorshift64*: a seeded PRNG so failures reproduce (shared by the storage tests).
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    pub(super) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
     }
 }
 
