@@ -7,8 +7,8 @@ use crate::protocol::text::KEY_MAX_LENGTH;
 use crate::protocol::{MetaCmd, MetaFlags, MetaRequest};
 use crate::stats::bump;
 use crate::storage::{
-    memcached_item_size, ArithOpts, DeleteOpts, DeleteOutcome, GetOpts, MetaArith, Store, StoreCmd,
-    StoreOutcome, WriteOpts,
+    memcached_item_size, realtime, ArithOpts, DeleteOpts, DeleteOutcome, GetOpts, MetaArith,
+    StoreCmd, StoreOutcome, WriteOpts,
 };
 
 use super::exec::{count_cas, count_lookup, Ctx};
@@ -70,8 +70,10 @@ fn write_ttl(out: &mut Vec<u8>, exptime: u32, now: u32) {
     }
 }
 
+/// The expiry a meta TTL token asks for (memcached's realtime(): negative is already
+/// expired); 0 when the flag is absent.
 fn ttl(t: Option<i32>, now: u32) -> u32 {
-    t.map_or(0, |t| Store::meta_exptime(t, now))
+    t.map_or(0, |t| realtime(i64::from(t), now))
 }
 
 fn get(ctx: &Ctx, m: &MetaRequest, key: &[u8], out: &mut Vec<u8>) {
@@ -259,7 +261,7 @@ fn delete(ctx: &Ctx, m: &MetaRequest, key: &[u8], out: &mut Vec<u8>) {
         compare: f.compare_cas,
         invalidate: f.invalidate,
         remove_value: f.remove_value,
-        exptime: f.ttl.map(|t| Store::meta_exptime(t, ctx.now)),
+        exptime: f.ttl.map(|t| realtime(i64::from(t), ctx.now)),
         version: f.new_cas,
     };
     let code: &[u8] = match store.meta_delete(key, &opts, ctx.now) {

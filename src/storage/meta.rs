@@ -3,7 +3,7 @@
 //! auto-create and compare, and the debug view. Every write goes through the same
 //! versioned link path as classic writes, so it replicates the same way.
 
-use super::item::{self, realtime};
+use super::item;
 use super::shard::{Shard, BIT_COUNTER, BIT_FETCHED, BIT_KEY_BINARY, BIT_STALE, BIT_WIN_SENT};
 use super::store::{ItemRef, Lookup, Origin, Step, Store};
 
@@ -507,11 +507,5 @@ impl Store {
             value_len: s.value().len(),
             flags: item::flags(d),
         })
-    }
-
-    /// The exptime a meta TTL token asks for: memcached turns a negative one into an
-    /// absolute time before its start, which is already expired.
-    pub fn meta_exptime(ttl: i32, now: u32) -> u32 {
-        realtime(i64::from(ttl), now)
     }
 }
