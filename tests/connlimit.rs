@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_bytes, poll_until, stat_u64, Conn, Server};
+use common::{assert_bytes, poll_until, stat_u64, stats, Conn, Server};
 use std::time::Duration;
 
 fn hold(s: &Server, n: usize) -> Vec<Conn> {
@@ -12,13 +12,19 @@ fn hold(s: &Server, n: usize) -> Vec<Conn> {
     assert!(poll_until(Duration::from_secs(5), || {
         stat_u64(&s.stats(""), "curr_connections") <= 1
     }));
-    (0..n)
+    let mut held: Vec<Conn> = (0..n)
         .map(|_| {
             let mut c = s.connect();
             assert_bytes(&c.request(b"version\r\n")[..8], b"VERSION ");
             c
         })
-        .collect()
+        .collect();
+    // The probe's close may still be on its way to the server: ask through a held
+    // connection until only the held ones are counted, so the next client's slot is free.
+    assert!(poll_until(Duration::from_secs(5), || {
+        stat_u64(&stats(&mut held[0], ""), "curr_connections") <= n as u64
+    }));
+    held
 }
 
 #[test]

@@ -206,6 +206,56 @@ fn an_overflowing_backlog_heals_by_full_exchange() {
 }
 
 #[test]
+fn a_full_copy_cut_off_part_way_is_sent_again_in_full() {
+    if skip() {
+        return;
+    }
+    let p = Pair::start(&["--repl-backlog-mb", "1", "-v"]);
+    p.set_links(Mode::Cut);
+    assert!(p.wait_state("down", Duration::from_secs(5)));
+    // Overflow A's pending record so only a full copy (about 1.2 MB) can repair it.
+    let mut ca = p.a.connect();
+    let mut batch = String::new();
+    for i in 0..20_000 {
+        batch.push_str(&format!(
+            "set {}{i:06} 0 0 1 noreply\r\nv\r\n",
+            "k".repeat(40)
+        ));
+    }
+    ca.send(batch.as_bytes());
+    assert_eq!(cmd(&mut ca, "set last 0 0 1\r\nv\r\n"), "STORED\r\n");
+    // A slow link: A's copy trickles to B while B's own small copy and its
+    // acknowledgements reach A at once. Cut the link once part of A's copy has arrived.
+    p.set_links(Mode::Throttle(256 * 1024));
+    assert!(
+        poll_until(Duration::from_secs(20), || stat(
+            &p.b,
+            "repl_received_items"
+        ) >= 3_000),
+        "A's copy never started: A {:?}\nB {:?}",
+        p.a.stats("repl"),
+        p.b.stats("repl")
+    );
+    p.set_links(Mode::Cut);
+    assert!(p.wait_state("down", Duration::from_secs(5)));
+    assert!(
+        stat(&p.b, "repl_received_items") < 20_000,
+        "the copy was not cut off"
+    );
+    p.set_links(Mode::Pass);
+    assert!(
+        p.wait_converged(Duration::from_secs(20)),
+        "no convergence after the cut copies: A {:?} {:?}\nB {:?} {:?}\nA log:\n{}",
+        digest(&p.a),
+        p.a.stats("repl"),
+        digest(&p.b),
+        p.b.stats("repl"),
+        p.a.stderr_text()
+    );
+    assert_eq!(digest(&p.b).0, "20001");
+}
+
+#[test]
 fn a_black_holed_link_is_detected_by_heartbeats() {
     if skip() {
         return;

@@ -76,7 +76,7 @@ pub struct DirtySet {
     bytes: AtomicUsize,
     keys: AtomicUsize,
     limit: AtomicUsize,
-    /// Set when the bound was hit and keys were dropped: only a full exchange can repair
+    /// Set when the bound was hit and keys were dropped: only a full copy can repair
     /// what the peer missed.
     overflowed: AtomicBool,
     flush: Mutex<Option<FlushState>>,
@@ -153,10 +153,10 @@ impl DirtySet {
         self.noted()
     }
 
-    /// Drops every pending key and records that the peer must be repaired by a full exchange.
+    /// Drops every pending key and records that the peer must be repaired by a full copy.
     fn overflow(&self) -> bool {
         if !self.overflowed.swap(true, Ordering::AcqRel) {
-            log::warn!("replication backlog over its bound: falling back to a full exchange");
+            log::warn!("replication backlog over its bound: falling back to a full copy");
         }
         self.clear();
         self.noted()

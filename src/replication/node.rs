@@ -83,8 +83,13 @@ pub struct Node {
     /// the peer may hold older data this node never saw, so the next link starts with a
     /// full exchange.
     unsynced: bool,
-    /// The dirty set overflowed and the full exchange that repairs it has not completed.
-    overflowed: bool,
+    /// This node's pending record is incomplete (it overflowed, or a full copy cleared it)
+    /// and no full copy has reached the peer since: the next link starts with one. Only the
+    /// peer's acknowledgement of the copy's last frame clears it; a copy written to a link
+    /// that then breaks may never have arrived.
+    copy_owed: bool,
+    /// Data-frame count on the active link at the end of the last full copy sent.
+    copy_end: Option<u64>,
     /// Data frames sent on the active link, and the changed keys among them the peer has
     /// not acknowledged yet: if the link breaks, those go back to the dirty set, because
     /// whatever was still in buffers or in flight never reached the peer.
@@ -93,6 +98,8 @@ pub struct Node {
     unacked_flush: Option<(u64, FlushState)>,
     /// Data frames received on the active link (acknowledged back every ACK_EVERY).
     received: u64,
+    /// The peer's latest acknowledgement on the active link.
+    acked: u64,
 }
 
 fn random_u64() -> u64 {
@@ -176,11 +183,13 @@ impl Node {
             keys: Vec::new(),
             busy: false,
             unsynced: false,
-            overflowed: false,
+            copy_owed: false,
+            copy_end: None,
             sent: 0,
             unacked: VecDeque::new(),
             unacked_flush: None,
             received: 0,
+            acked: 0,
         })
     }
 
@@ -398,7 +407,10 @@ impl Node {
         if self.active == Some(idx) {
             log::warn!("peer link lost: {why}");
             self.active = None;
+            // A copy cut short, or sent but not acknowledged, leaves copy_owed set: the
+            // next link starts another.
             self.copy = None;
+            self.copy_end = None;
             self.requeue_unacked();
             if self.receiving.take().is_some() {
                 log::warn!("full copy from the peer interrupted; it restarts on reconnect");
@@ -768,6 +780,8 @@ impl Node {
                 if self.unacked_flush.is_some_and(|(n, _)| n <= received) {
                     self.unacked_flush = None;
                 }
+                self.acked = self.acked.max(received);
+                self.settle_copy();
             }
             Frame::Heartbeat {
                 wall_ms: theirs,
@@ -803,11 +817,11 @@ impl Node {
                 }
             }
             Frame::BootstrapEnd { items } => {
-                // The peer's side of a full exchange is complete.
-                if !self.starting && (self.unsynced || self.overflowed) {
-                    log::info!("full exchange with the peer complete ({items} states)");
+                // The peer's copy has arrived in full (the link is ordered): this node now
+                // holds everything the peer had.
+                if !self.starting && self.unsynced {
+                    log::info!("full copy from the peer applied ({items} states)");
                     self.unsynced = false;
-                    self.overflowed = false;
                 }
                 if let Some(r) = self.receiving.take() {
                     let ms = r.started.elapsed().as_millis() as u64;
@@ -826,6 +840,17 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Ends the debt of a full copy once the peer has acknowledged its last data frame (at
+    /// once for a copy that carried none).
+    fn settle_copy(&mut self) {
+        if self.copy_end.is_some_and(|n| n <= self.acked) {
+            self.copy_end = None;
+            if std::mem::take(&mut self.copy_owed) {
+                log::debug!("the peer acknowledged the whole full copy");
+            }
+        }
     }
 
     /// Counts a data frame of the active link and acknowledges every ACK_EVERY of them.
@@ -868,6 +893,7 @@ impl Node {
         self.active = Some(idx);
         self.sent = 0;
         self.received = 0;
+        self.acked = 0;
         self.requeue_unacked();
         self.backoff = Duration::from_millis(50);
         let reconnect = self.last_peer_run.is_some();
@@ -886,12 +912,11 @@ impl Node {
                 ""
             }
         );
-        // An overflow needs a full exchange; remember it until one has completed, since
-        // this link may break before it does.
+        // An overflow needs a full copy to the peer; remember it until the peer has
+        // acknowledged one, since this link may break before it does.
         if self.repl.dirty.take_overflow() {
-            self.overflowed = true;
+            self.copy_owed = true;
         }
-        let overflowed = self.overflowed;
         if hello.wants_bootstrap {
             // It starts empty and asks for a copy right behind its hello: the copy will
             // carry every key's current state, so what is pending here is covered.
@@ -899,22 +924,21 @@ impl Node {
             self.unacked.clear();
             self.unacked_flush = None;
             self.unsynced = false;
-            self.overflowed = false;
-        } else if overflowed || self.unsynced {
-            // Changes were dropped while the link was down, or this node started alone and
-            // never saw the peer's data: exchange everything both ways.
+        } else if self.copy_owed || self.unsynced {
+            // Changes were dropped or a copy broke off while the link was down: send
+            // everything. A node that started alone and never saw the peer's data also
+            // asks for the peer's copy.
             self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
             log::info!(
                 "full resync with the peer: {}",
-                if overflowed {
-                    "the pending record overflowed"
+                if self.copy_owed {
+                    "this node's pending record is incomplete"
                 } else {
                     "this node started without a copy of the peer's data"
                 }
             );
-            // Both flags stay set until the peer's copy has arrived (BootstrapEnd).
             self.start_copy(&mut link.wbuf);
-            if !self.starting {
+            if self.unsynced && !self.starting {
                 self.request_copy(link);
             }
         } else if same_peer {
@@ -951,6 +975,10 @@ impl Node {
         let (copy, frames) = begin_copy(&self.repl, &self.store, wbuf);
         self.copy = Some(copy);
         self.sent += frames;
+        // begin_copy cleared the pending record: until the copy is acknowledged, it is
+        // the only record of what the peer lacks.
+        self.copy_owed = true;
+        self.copy_end = None;
     }
 
     /// Queues changed keys and copy chunks for the active link, up to the high-water mark.
@@ -963,17 +991,17 @@ impl Node {
         }
         let now = crate::clock::unix_now();
         if self.repl.dirty.take_overflow() {
-            self.overflowed = true;
             // Keys were dropped while this link was up (the peer could not keep up): only a
-            // full exchange repairs what it missed.
+            // full copy repairs what it missed.
             self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
             log::info!("full resync with the peer: the pending record overflowed");
-            if self.copy.is_none() {
-                let (copy, frames) = begin_copy(&self.repl, &self.store, &mut link.wbuf);
-                self.copy = Some(copy);
-                self.sent += frames;
-            }
-            encode(&Frame::BootstrapReq, &mut link.wbuf);
+            // A copy already under way starts over: its cursor may have passed keys whose
+            // changes were just dropped.
+            let (copy, frames) = begin_copy(&self.repl, &self.store, &mut link.wbuf);
+            self.copy = Some(copy);
+            self.sent += frames;
+            self.copy_owed = true;
+            self.copy_end = None;
         }
         self.repl.dirty.arm();
         while link.pending_output() < SEND_HIGH_WATER && !self.repl.dirty.is_empty() {
@@ -1025,8 +1053,10 @@ impl Node {
                 encode(&Frame::BootstrapEnd { items: copy.items }, &mut link.wbuf);
                 log::info!("full copy sent: {} items", copy.items);
                 self.copy = None;
+                self.copy_end = Some(self.sent);
             }
         }
+        self.settle_copy();
     }
 
     /// Periodic work: heartbeats, peer timeout, redial, start-up deadline, and sending
