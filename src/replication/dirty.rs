@@ -15,6 +15,9 @@ const SHARDS: usize = 64;
 
 /// Accounting overhead per pending key besides its bytes (its index entry).
 const PER_KEY: usize = 32;
+/// How long a wake-up of the replication thread may go unanswered before a worker gives up
+/// its core for it (see `overdue`).
+const HANDOFF_NS: u64 = 200_000;
 
 /// One shard of pending keys: the keys back to back in one buffer and an index of their
 /// (offset, length) by hash. Workers add keys without an allocation per key, and dropping
@@ -86,6 +89,9 @@ pub struct DirtySet {
     /// Cleared by the replication thread when it drains; the first change after that wakes
     /// it, later ones ride along, so a burst of writes costs one wake-up.
     armed: AtomicBool,
+    /// When the replication thread was last asked to wake up (monotonic ns since the
+    /// process's first reading; 0: it has answered since).
+    woken_at: AtomicU64,
     waker: OnceLock<mio::Waker>,
     /// Rotates the shard a partial drain starts from, so no shard waits behind others.
     cursor: AtomicUsize,
@@ -103,6 +109,7 @@ impl DirtySet {
             flush: Mutex::new(None),
             oldest_ms: AtomicU64::new(0),
             armed: AtomicBool::new(true),
+            woken_at: AtomicU64::new(0),
             waker: OnceLock::new(),
             cursor: AtomicUsize::new(0),
         }
@@ -129,6 +136,7 @@ impl DirtySet {
         // SeqCst pairs with `arm`: the key count went up before this load, so either this
         // load sees the flag armed or the replication thread's check after arming sees the key.
         if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::AcqRel) {
+            self.woken_at.store(mono_ns().max(1), Ordering::Relaxed);
             if let Some(w) = self.waker.get() {
                 let _ = w.wake();
             }
@@ -177,12 +185,25 @@ impl DirtySet {
     /// drain (the keys had already gone with an earlier one) would otherwise leave the flag
     /// down, and later changes would wait for the loop's timer.
     pub fn arm(&self) {
+        self.woken_at.store(0, Ordering::Relaxed);
         self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// True when the replication thread was asked to wake up a while ago and has not run
+    /// since. It runs with SCHED_BATCH (see `Replicator::start`), so on a core the workers
+    /// keep busy it waits for them; a worker that sees this yields its core, which bounds
+    /// the replication lag while letting changes pile up into large batches meanwhile.
+    pub fn overdue(&self) -> bool {
+        match self.woken_at.load(Ordering::Relaxed) {
+            0 => false,
+            t => mono_ns().saturating_sub(t) >= HANDOFF_NS,
+        }
     }
 
     /// Takes up to `max` pending keys (and the pending flush) for sending; the rest stay
     /// for the next call, so a large backlog is sent in slices as the link drains.
     pub fn drain(&self, keys: &mut Vec<Box<[u8]>>, max: usize) -> Option<FlushState> {
+        self.woken_at.store(0, Ordering::Relaxed);
         self.armed.store(true, Ordering::Release);
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let mut taken = 0;
@@ -271,6 +292,15 @@ impl DirtySet {
             t => wall_ms().saturating_sub(t),
         }
     }
+}
+
+/// Monotonic nanoseconds since the first call in this process.
+fn mono_ns() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 impl ChangeSink for DirtySet {

@@ -117,6 +117,14 @@ impl Worker {
             if idle_check.is_some() {
                 self.kick_idle();
             }
+            if self
+                .shared
+                .repl
+                .as_ref()
+                .is_some_and(|r| r.dirty.overdue())
+            {
+                std::thread::yield_now();
+            }
         }
         for idx in 0..self.conns.len() {
             self.close(idx);
