@@ -38,6 +38,7 @@ BOOT_ITEMS=${BOOT_ITEMS:-"100000 1000000"}
 BOOT_PIPELINE=${BOOT_PIPELINE:-1}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}
 BOOT_B_CPUS=${BOOT_B_CPUS:-}
+PEER_CPUS=${PEER_CPUS:-}
 LAG_DURATION=${LAG_DURATION:-10}
 LAG_PIPELINE=${LAG_PIPELINE:-16}
 LAG_PROBES=${LAG_PROBES:-5000}
@@ -80,6 +81,8 @@ usage: bench/run.sh [options]
   --boot-timeout S   longest wait for a bootstrapping node        (default: $BOOT_TIMEOUT)
   --boot-b-cpus L    scenario 4: pin the starting node B here instead of on the server
                      CPUs (e.g. the client CPU: a pair on two machines, each node its own core)
+  --peer-cpus L      scenarios 2 and 5: pin node 2 (the peer of the measured node) here
+                     instead of on the server CPUs; it then shares them with the client
   --lag-duration S   probing time per load mix in scenario 5      (default: $LAG_DURATION)
   --lag-pipeline D   pipeline of the load in scenario 5           (default: $LAG_PIPELINE)
   --lag-probes N     most probes per load mix                     (default: $LAG_PROBES)
@@ -119,6 +122,7 @@ while [ $# -gt 0 ]; do
         --boot-pipeline) BOOT_PIPELINE=$2; shift 2 ;;
         --boot-timeout) BOOT_TIMEOUT=$2; shift 2 ;;
         --boot-b-cpus) BOOT_B_CPUS=$2; shift 2 ;;
+        --peer-cpus) PEER_CPUS=$2; shift 2 ;;
         --lag-duration) LAG_DURATION=$2; shift 2 ;;
         --lag-pipeline) LAG_PIPELINE=$2; shift 2 ;;
         --lag-probes) LAG_PROBES=$2; shift 2 ;;
@@ -206,12 +210,13 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # start_server NAME MEM ARGV... : sets SRV_PID and SRV_PORT.
 start_server() {
-    local name=$1 mem=$2 try port pid i
+    local name=$1 mem=$2 try port pid i pin=("${SERVER_PIN[@]}")
     shift 2
+    if [ -n "${SRV_CPUS:-}" ]; then pin=(taskset -c "$SRV_CPUS"); fi
     for try in $(seq 1 20); do
         port=$((20000 + RANDOM % 40000))
         port_open "$port" && continue
-        "${SERVER_PIN[@]}" "$@" -p "$port" -l 127.0.0.1 -t "$SERVER_THREADS" -m "$mem" \
+        "${pin[@]}" "$@" -p "$port" -l 127.0.0.1 -t "$SERVER_THREADS" -m "$mem" \
             -c "$SERVER_MAXCONN" "${USER_FLAG[@]}" >>"$OUT/$name.log" 2>&1 &
         pid=$!
         STARTED_PIDS+=("$pid")
@@ -276,7 +281,8 @@ wait_link() {
 
 # start_pair NAME MEM: node 1 starts first and serves alone (its peer is not up yet),
 # node 2 then copies node 1's (empty) data and both link up. Sets N1_PID N1_PORT N2_PID
-# N2_PORT, each node on the server CPUs like every other server.
+# N2_PORT, each node on the server CPUs like every other server (node 2 on --peer-cpus
+# when given).
 start_pair() {
     local name=$1 mem=$2 r1 r2 extra
     r1=$(free_port)
@@ -286,7 +292,7 @@ start_pair() {
     start_server "$name-node1" "$mem" "${PAIR_ARGV[@]}" "${extra[@]}"
     N1_PID=$SRV_PID N1_PORT=$SRV_PORT
     read -ra extra <<<"$(pair_flags "$r2" "$r1")"
-    start_server "$name-node2" "$mem" "${PAIR_ARGV[@]}" "${extra[@]}"
+    SRV_CPUS=$PEER_CPUS start_server "$name-node2" "$mem" "${PAIR_ARGV[@]}" "${extra[@]}"
     N2_PID=$SRV_PID N2_PORT=$SRV_PORT
     wait_link "$N1_PORT" "$N2_PORT" || die "$name: the pair did not link up; see $OUT/$name-node*.log"
 }
@@ -344,7 +350,7 @@ cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
     echo "machine: $NPROC CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
     echo "A: $A_NAME = $A_CMD ($("${A_ARGV[@]}" -V 2>/dev/null | head -1 || true))"
     echo "B: $B_NAME = $B_CMD ($("${B_ARGV[@]}" -V 2>/dev/null | head -1 || true))"
-    echo "pair (scenarios 2, 4, 5): $PAIR_NAME = $PAIR_CMD, both nodes on the server CPUs; scenarios run: $SCENARIOS"
+    echo "pair (scenarios 2, 4, 5): $PAIR_NAME = $PAIR_CMD, node 1 on the server CPUs, node 2 on CPUs ${PEER_CPUS:-$SERVER_CPUS}; scenarios run: $SCENARIOS"
     echo "server flags: -t $SERVER_THREADS -m $SERVER_MEM -c $SERVER_MAXCONN ${USER_FLAG[*]} on 127.0.0.1; server CPUs $SERVER_CPUS, client CPUs $CLIENT_CPUS"
     echo "load: $CONNS conns, $CLIENT_THREADS client thread(s), $KEYS keys of $KEY_SIZE B, ${DURATION}s runs after ${WARMUP}s warm-up, $REPEATS repeats, alternating between servers"
     echo "raw results and server logs: $OUT"
