@@ -17,7 +17,7 @@ const SHARDS: usize = 64;
 const PER_KEY: usize = 32;
 /// How long a wake-up of the replication thread may go unanswered before a worker gives up
 /// its core for it (see `overdue`).
-const HANDOFF_NS: u64 = 200_000;
+const HANDOFF_NS: u64 = 500_000;
 
 /// One shard of pending keys: the keys back to back in one buffer and an index of their
 /// (offset, length) by hash. Workers add keys without an allocation per key, and dropping
@@ -185,8 +185,13 @@ impl DirtySet {
     /// drain (the keys had already gone with an earlier one) would otherwise leave the flag
     /// down, and later changes would wait for the loop's timer.
     pub fn arm(&self) {
-        self.woken_at.store(0, Ordering::Relaxed);
         self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// The replication thread calls this whenever it wakes: the wake-up was answered, even
+    /// when there is nothing it can send (no link), so workers stop yielding for it.
+    pub fn answered(&self) {
+        self.woken_at.store(0, Ordering::Relaxed);
     }
 
     /// True when the replication thread was asked to wake up a while ago and has not run
@@ -203,7 +208,6 @@ impl DirtySet {
     /// Takes up to `max` pending keys (and the pending flush) for sending; the rest stay
     /// for the next call, so a large backlog is sent in slices as the link drains.
     pub fn drain(&self, keys: &mut Vec<Box<[u8]>>, max: usize) -> Option<FlushState> {
-        self.woken_at.store(0, Ordering::Relaxed);
         self.armed.store(true, Ordering::Release);
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let mut taken = 0;
@@ -389,6 +393,22 @@ mod tests {
         keys.clear();
         d.drain(&mut keys, usize::MAX);
         assert_eq!(keys, vec![Box::from(&b"again"[..])]);
+    }
+
+    #[test]
+    fn an_unanswered_wake_up_becomes_overdue_until_answered() {
+        let d = DirtySet::new(1 << 20);
+        assert!(!d.overdue());
+        assert!(d.add(b"k"), "the first change asks for a wake-up");
+        std::thread::sleep(std::time::Duration::from_nanos(2 * HANDOFF_NS));
+        assert!(d.overdue());
+        // Woken with no link: nothing drained, but the thread ran.
+        d.answered();
+        assert!(!d.overdue());
+        // No second wake-up is asked for until the thread re-arms, so none is overdue.
+        assert!(!d.add(b"k2"));
+        std::thread::sleep(std::time::Duration::from_nanos(2 * HANDOFF_NS));
+        assert!(!d.overdue());
     }
 
     #[test]

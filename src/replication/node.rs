@@ -205,6 +205,7 @@ impl Node {
                     break;
                 }
             }
+            self.repl.dirty.answered();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
