@@ -168,16 +168,13 @@ fn partition_with_writes_on_both_sides_heals_by_partial_resync() {
     assert!(after > before, "no partial resync counted");
 }
 
-#[test]
-fn an_overflowing_backlog_heals_by_full_exchange() {
-    if skip() {
-        return;
-    }
+/// A pair with a 1 MiB backlog, partitioned, after 20,001 sets on A: far more pending
+/// keys than the backlog holds, so only a full copy (about 1.2 MB) can repair B.
+fn overflowed_pair() -> Pair {
     let p = Pair::start(&["--repl-backlog-mb", "1", "-v"]);
     p.set_links(Mode::Cut);
     assert!(p.wait_state("down", Duration::from_secs(5)));
-    // Far more than 1 MiB of pending keys on A, some on B.
-    let (mut ca, mut cb) = (p.a.connect(), p.b.connect());
+    let mut ca = p.a.connect();
     let mut batch = String::new();
     for i in 0..20_000 {
         batch.push_str(&format!(
@@ -187,6 +184,17 @@ fn an_overflowing_backlog_heals_by_full_exchange() {
     }
     ca.send(batch.as_bytes());
     assert_eq!(cmd(&mut ca, "set last 0 0 1\r\nv\r\n"), "STORED\r\n");
+    p
+}
+
+#[test]
+fn an_overflowing_backlog_heals_by_full_exchange() {
+    if skip() {
+        return;
+    }
+    let p = overflowed_pair();
+    // Some pending keys on B too.
+    let mut cb = p.b.connect();
     assert_eq!(cmd(&mut cb, "set onb 0 0 1\r\nv\r\n"), "STORED\r\n");
     let before = stat(&p.a, "repl_resyncs_full") + stat(&p.b, "repl_resyncs_full");
     p.set_links(Mode::Pass);
@@ -210,20 +218,7 @@ fn a_full_copy_cut_off_part_way_is_sent_again_in_full() {
     if skip() {
         return;
     }
-    let p = Pair::start(&["--repl-backlog-mb", "1", "-v"]);
-    p.set_links(Mode::Cut);
-    assert!(p.wait_state("down", Duration::from_secs(5)));
-    // Overflow A's pending record so only a full copy (about 1.2 MB) can repair it.
-    let mut ca = p.a.connect();
-    let mut batch = String::new();
-    for i in 0..20_000 {
-        batch.push_str(&format!(
-            "set {}{i:06} 0 0 1 noreply\r\nv\r\n",
-            "k".repeat(40)
-        ));
-    }
-    ca.send(batch.as_bytes());
-    assert_eq!(cmd(&mut ca, "set last 0 0 1\r\nv\r\n"), "STORED\r\n");
+    let p = overflowed_pair();
     // A slow link: A's copy trickles to B while B's own small copy and its
     // acknowledgements reach A at once. Cut the link once part of A's copy has arrived.
     p.set_links(Mode::Throttle(256 * 1024));
