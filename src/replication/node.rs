@@ -990,20 +990,22 @@ impl Node {
         if link.peer.is_none() {
             return;
         }
-        let now = crate::clock::unix_now();
         if self.repl.dirty.take_overflow() {
             // Keys were dropped while this link was up (the peer could not keep up): only a
-            // full copy repairs what it missed.
+            // full copy repairs what it missed. A copy already under way starts over: its
+            // cursor may have passed keys whose changes were just dropped.
             self.repl.stats.resyncs_full.fetch_add(1, Ordering::Relaxed);
             log::info!("full resync with the peer: the pending record overflowed");
-            // A copy already under way starts over: its cursor may have passed keys whose
-            // changes were just dropped.
-            let (copy, frames) = begin_copy(&self.repl, &self.store, &mut link.wbuf);
-            self.copy = Some(copy);
-            self.sent += frames;
-            self.copy_owed = true;
-            self.copy_end = None;
+            let mut wbuf = std::mem::take(&mut link.wbuf);
+            self.start_copy(&mut wbuf);
+            if let Some(link) = self.links.get_mut(idx).and_then(Option::as_mut) {
+                link.wbuf = wbuf;
+            }
         }
+        let Some(link) = self.links.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let now = crate::clock::unix_now();
         self.repl.dirty.arm();
         while link.pending_output() < SEND_HIGH_WATER && !self.repl.dirty.is_empty() {
             self.keys.clear();
