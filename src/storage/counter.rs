@@ -268,18 +268,22 @@ impl Store {
         }
         let trailer = c.encoded();
         if fits && had == Some(trailer.len()) {
-            if let Some(s) = sh.slot_mut(i) {
+            let mut grow = false;
+            if let Some(mut s) = sh.slot_mut(i) {
                 let klen = s.klen();
                 let d = s.data_mut();
                 item::set_version(d, version);
                 item::set_time(d, now);
-                item::set_exptime(d, exptime);
+                grow = !item::set_exptime(d, exptime);
                 let region = item::value_mut(d, klen);
                 if region.len() == shown.len() + trailer.len() {
                     let (val, tail) = region.split_at_mut(shown.len());
                     val.copy_from_slice(&shown);
                     tail.copy_from_slice(&trailer);
                 }
+            }
+            if grow {
+                sh.set_exptime(i, exptime);
             }
             sh.bump(i);
             self.notify(key);
@@ -306,7 +310,7 @@ impl Store {
             Origin::LocalVersioned,
         ) {
             Step::Done(true) => {
-                if let Some(s) = sh.slot_mut(i) {
+                if let Some(mut s) = sh.slot_mut(i) {
                     s.set_bits(keep);
                 }
                 Step::Done(Some(v))

@@ -1,15 +1,21 @@
-//! One item = one heap buffer: a 20-byte header, the key, the value. Also the memory cost
-//! model (what the allocator really hands out per item) and memcached's number rules.
+//! One item = one buffer: a header, the key, the value. Also the memory cost model (what
+//! an item really takes) and memcached's number rules.
 
-/// Header layout (little-endian): version u64 | exptime u32 | flags u32 | last access u32.
-/// Key length and the state bits live in the arena slot (see `shard::Slot`) so that a
-/// 32-byte key + 100-byte value item is a 152-byte request, which glibc serves from a
-/// 160-byte chunk; two more header bytes would push it into the 176-byte chunk.
-pub(crate) const HDR: usize = 20;
-const OFF_VERSION: usize = 0;
-const OFF_EXPTIME: usize = 8;
-const OFF_FLAGS: usize = 12;
-const OFF_TIME: usize = 16;
+use super::arena;
+
+/// Header layout (little-endian): length u32 | last access u32 | version u64, then, only
+/// when either is nonzero, exptime u32 | flags u32. The length is the whole buffer's; its
+/// top bit says whether exptime and flags are present. Most caches store most items with
+/// neither, and the 8 bytes saved are what lets a 32-byte key + 100-byte value item fit
+/// a 148-byte chunk. Key length and state bits live in the shard's slot (see `shard`).
+pub(crate) const HDR_SHORT: usize = 16;
+const HDR_LONG: usize = 24;
+const OFF_LEN: usize = 0;
+const OFF_TIME: usize = 4;
+const OFF_VERSION: usize = 8;
+const OFF_EXPTIME: usize = 16;
+const OFF_FLAGS: usize = 20;
+const LONG: u32 = 1 << 31;
 
 /// Largest key the item format can hold (the protocol limits keys to 250 bytes).
 pub(crate) const MAX_KEY: usize = 255;
@@ -17,11 +23,11 @@ pub(crate) const MAX_KEY: usize = 255;
 /// Seconds in 30 days: exptimes up to this are relative (memcached's REALTIME_MAXDELTA).
 pub const REALTIME_MAXDELTA: i64 = 60 * 60 * 24 * 30;
 
-/// Bytes of arena slot per item (fat box pointer + two packed links).
-pub(crate) const SLOT_BYTES: usize = 24;
-/// Per-item share of the hash index: a 4-byte index plus a control byte per bucket, at a
-/// typical hashbrown load of about 5/8.
-pub(crate) const TABLE_SHARE: usize = 8;
+/// Bytes of slot per item (arena handle + two packed links).
+pub(crate) const SLOT_BYTES: usize = 12;
+/// Per-item share of the hash index: a 4-byte bucket at its lowest load, 64% (see
+/// `index`), rounded up.
+pub(crate) const TABLE_SHARE: usize = 7;
 
 /// Builds an item buffer. `value_parts` are concatenated (append/prepend build from two).
 pub(crate) fn build(
@@ -33,17 +39,36 @@ pub(crate) fn build(
     time: u32,
 ) -> Box<[u8]> {
     let vlen: usize = value_parts.iter().map(|p| p.len()).sum();
-    let mut v = Vec::with_capacity(HDR + key.len() + vlen);
-    v.extend_from_slice(&version.to_le_bytes());
-    v.extend_from_slice(&exptime.to_le_bytes());
-    v.extend_from_slice(&flags.to_le_bytes());
+    let long = exptime != 0 || flags != 0;
+    let hdr = if long { HDR_LONG } else { HDR_SHORT };
+    let len = hdr + key.len() + vlen;
+    let mut v = Vec::with_capacity(len);
+    let word = (len as u32 & !LONG) | if long { LONG } else { 0 };
+    v.extend_from_slice(&word.to_le_bytes());
     v.extend_from_slice(&time.to_le_bytes());
+    v.extend_from_slice(&version.to_le_bytes());
+    if long {
+        v.extend_from_slice(&exptime.to_le_bytes());
+        v.extend_from_slice(&flags.to_le_bytes());
+    }
     v.extend_from_slice(key);
     for p in value_parts {
         v.extend_from_slice(p);
     }
     // Capacity equals length, so this does not reallocate.
     v.into_boxed_slice()
+}
+
+/// The same item with a new exptime, in the long form (for an item stored without one).
+pub(crate) fn with_exptime(d: &[u8], klen: usize, exptime: u32) -> Box<[u8]> {
+    build(
+        key(d, klen),
+        &[value(d, klen)],
+        version(d),
+        exptime,
+        flags(d),
+        time(d),
+    )
 }
 
 fn rd32(d: &[u8], off: usize) -> u32 {
@@ -59,6 +84,29 @@ fn wr32(d: &mut [u8], off: usize, v: u32) {
     }
 }
 
+fn is_long(d: &[u8]) -> bool {
+    rd32(d, OFF_LEN) & LONG != 0
+}
+
+/// Header bytes of this item.
+pub(crate) fn hdr(d: &[u8]) -> usize {
+    if is_long(d) {
+        HDR_LONG
+    } else {
+        HDR_SHORT
+    }
+}
+
+/// The buffer length the header records (a chunk may be longer than its item).
+pub(crate) fn stored_len(d: &[u8]) -> usize {
+    (rd32(d, OFF_LEN) & !LONG) as usize
+}
+
+/// Key and value bytes (memcached's mem_requested counts these).
+pub(crate) fn payload_len(d: &[u8]) -> usize {
+    d.len().saturating_sub(hdr(d))
+}
+
 pub(crate) fn version(d: &[u8]) -> u64 {
     d.get(OFF_VERSION..OFF_VERSION + 8)
         .and_then(|s| <[u8; 8]>::try_from(s).ok())
@@ -71,13 +119,29 @@ pub(crate) fn set_version(d: &mut [u8], v: u64) {
     }
 }
 pub(crate) fn exptime(d: &[u8]) -> u32 {
-    rd32(d, OFF_EXPTIME)
+    if is_long(d) {
+        rd32(d, OFF_EXPTIME)
+    } else {
+        0
+    }
 }
-pub(crate) fn set_exptime(d: &mut [u8], v: u32) {
-    wr32(d, OFF_EXPTIME, v)
+/// Sets the exptime in place. False when the item has no room for one (stored in the
+/// short form) and `v` is not 0: the caller rebuilds it with [`with_exptime`].
+#[must_use]
+pub(crate) fn set_exptime(d: &mut [u8], v: u32) -> bool {
+    if is_long(d) {
+        wr32(d, OFF_EXPTIME, v);
+        true
+    } else {
+        v == 0
+    }
 }
 pub(crate) fn flags(d: &[u8]) -> u32 {
-    rd32(d, OFF_FLAGS)
+    if is_long(d) {
+        rd32(d, OFF_FLAGS)
+    } else {
+        0
+    }
 }
 pub(crate) fn time(d: &[u8]) -> u32 {
     rd32(d, OFF_TIME)
@@ -86,29 +150,27 @@ pub(crate) fn set_time(d: &mut [u8], v: u32) {
     wr32(d, OFF_TIME, v)
 }
 pub(crate) fn key(d: &[u8], klen: usize) -> &[u8] {
-    d.get(HDR..HDR + klen).unwrap_or(&[])
+    let h = hdr(d);
+    d.get(h..h + klen).unwrap_or(&[])
 }
 pub(crate) fn value(d: &[u8], klen: usize) -> &[u8] {
-    d.get(HDR + klen..).unwrap_or(&[])
+    d.get(hdr(d) + klen..).unwrap_or(&[])
 }
 pub(crate) fn value_mut(d: &mut [u8], klen: usize) -> &mut [u8] {
-    d.get_mut(HDR + klen..).unwrap_or(&mut [])
+    let h = hdr(d);
+    d.get_mut(h + klen..).unwrap_or(&mut [])
 }
 
-/// What glibc malloc really consumes for a request of `n` bytes: 8 bytes of chunk header,
-/// 16-byte granularity, 32-byte minimum; large requests are page-rounded mmaps.
-pub(crate) fn malloc_cost(n: usize) -> usize {
-    const MMAP_THRESHOLD: usize = 128 * 1024;
-    if n >= MMAP_THRESHOLD {
-        (n + 16 + 4095) & !4095
-    } else {
-        ((n + 8 + 15) & !15).max(32)
-    }
+/// Accounted bytes of an item: its buffer, its slot and its share of the hash index. The
+/// buffer is counted as if it held an exptime, so that giving it one (a touch) needs no
+/// memory: memcached's touch cannot fail for lack of it, and neither can ours.
+pub(crate) fn cost(d: &[u8]) -> usize {
+    cost_of_len(d.len() + HDR_SHORT - hdr(d))
 }
 
-/// Accounted bytes of an item with an allocation of `alloc_len` bytes.
-pub(crate) fn cost(alloc_len: usize) -> usize {
-    malloc_cost(alloc_len) + SLOT_BYTES + TABLE_SHARE
+/// Accounted bytes of a short-form item of `len` bytes (see [`cost`]).
+pub(crate) fn cost_of_len(len: usize) -> usize {
+    arena::buffer_cost(len + HDR_LONG - HDR_SHORT) + SLOT_BYTES + TABLE_SHARE
 }
 
 /// memcached 1.6's idea of an item's size, which `-I` limits: a 48-byte header, the key and
@@ -190,7 +252,8 @@ mod tests {
             0xdead_beef,
             9,
         );
-        assert_eq!(d.len(), HDR + 3 + 5);
+        assert_eq!(d.len(), HDR_LONG + 3 + 5);
+        assert_eq!(stored_len(&d), d.len());
         assert_eq!(version(&d), 0x0102_0304_0506_0708);
         assert_eq!(exptime(&d), 77);
         assert_eq!(flags(&d), 0xdead_beef);
@@ -200,11 +263,26 @@ mod tests {
     }
 
     #[test]
-    fn malloc_model() {
-        assert_eq!(malloc_cost(1), 32);
-        assert_eq!(malloc_cost(152), 160);
-        assert_eq!(malloc_cost(153), 176);
-        assert_eq!(cost(152), 160 + SLOT_BYTES + TABLE_SHARE);
+    fn zero_exptime_and_flags_take_no_room() {
+        let mut d = build(b"key", &[b"value"], 5, 0, 0, 9);
+        assert_eq!(d.len(), HDR_SHORT + 8);
+        assert_eq!(
+            (exptime(&d), flags(&d), time(&d), version(&d)),
+            (0, 0, 9, 5)
+        );
+        assert_eq!(value(&d, 3), b"value");
+        assert!(set_exptime(&mut d, 0));
+        assert!(!set_exptime(&mut d, 100), "no room in the short form");
+        let mut l = with_exptime(&d, 3, 100);
+        assert_eq!(
+            (exptime(&l), flags(&l), time(&l), version(&l)),
+            (100, 0, 9, 5)
+        );
+        assert_eq!((key(&l, 3), value(&l, 3)), (&b"key"[..], &b"value"[..]));
+        assert!(set_exptime(&mut l, 0), "the long form keeps its room");
+        assert_eq!(payload_len(&l), 8);
+        // The benchmark's item: 32-byte key, 100-byte value.
+        assert_eq!(cost(&l), cost(&d), "an exptime is paid for in advance");
     }
 
     #[test]

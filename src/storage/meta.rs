@@ -167,7 +167,7 @@ impl Store {
                 Some(v) if v > cur => v,
                 _ => self.version_after(cur),
             };
-            if let Some(s) = sh.slot_mut(i) {
+            if let Some(mut s) = sh.slot_mut(i) {
                 item::set_version(s.data_mut(), v);
             }
         }
@@ -214,12 +214,12 @@ impl Store {
             }
         };
         let mut changed = retouch;
-        if let Some(s) = sh.slot_mut(i) {
-            if new_exp != exptime {
-                item::set_exptime(s.data_mut(), new_exp);
-                changed |= self.pair;
-            }
-            if won {
+        if new_exp != exptime {
+            sh.set_exptime(i, new_exp);
+            changed |= self.pair;
+        }
+        if won {
+            if let Some(mut s) = sh.slot_mut(i) {
                 s.set_bits(s.bits() | BIT_WIN_SENT);
             }
         }
@@ -316,12 +316,16 @@ impl Store {
             // replace() counted a stored item; emptying one is not a store.
             sh.c.total_items = sh.c.total_items.saturating_sub(1);
         }
-        if let Some(s) = sh.slot_mut(i) {
+        let mut grow = false;
+        if let Some(mut s) = sh.slot_mut(i) {
             let d = s.data_mut();
             item::set_version(d, version);
-            item::set_exptime(d, exptime);
+            grow = !item::set_exptime(d, exptime);
             let keep = s.bits() & (BIT_FETCHED | BIT_COUNTER);
             s.set_bits(keep | bits);
+        }
+        if grow {
+            sh.set_exptime(i, exptime);
         }
         self.notify(key);
         DeleteOutcome::Done
@@ -403,16 +407,20 @@ impl Store {
         };
         let digits = value.to_string();
         if digits.len() <= s.value().len() {
-            if let Some(s) = sh.slot_mut(i) {
+            let mut grow = false;
+            if let Some(mut s) = sh.slot_mut(i) {
                 let klen = s.klen();
                 let d = s.data_mut();
                 item::set_version(d, version);
                 item::set_time(d, now);
-                item::set_exptime(d, exptime);
+                grow = !item::set_exptime(d, exptime);
                 let val = item::value_mut(d, klen);
                 let (num, pad) = val.split_at_mut(digits.len());
                 num.copy_from_slice(digits.as_bytes());
                 pad.fill(b' ');
+            }
+            if grow {
+                sh.set_exptime(i, exptime);
             }
             sh.bump(i);
             self.notify(key);

@@ -1,8 +1,10 @@
 //! The item store: sharded hash tables of versioned items, memory accounting against `-m`,
 //! LRU eviction, expiry and flush rules. Pure data structures: no sockets, no threads.
 
+mod arena;
 mod counter;
 pub mod hlc;
+mod index;
 mod item;
 mod meta;
 mod repl;

@@ -69,7 +69,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// Orders a local state against a remote one with the same version: a tombstone below any
 /// item, then by value, client flags, expiry and state bits.
-fn content_order(s: &shard::Slot, st: &RemoteState) -> std::cmp::Ordering {
+fn content_order(s: shard::Slot<'_>, st: &RemoteState) -> std::cmp::Ordering {
     let local = (!s.is_tombstone()).then(|| s.value());
     let d = s.data();
     (
@@ -100,7 +100,7 @@ enum Winner {
 /// counter whatever increments followed on the other node. Equal bases: two counters
 /// merge, a counter beats the plain state it started from, two plain states fall back to
 /// the version and content rule.
-fn winner(s: &shard::Slot, st: &RemoteState) -> Winner {
+fn winner(s: shard::Slot<'_>, st: &RemoteState) -> Winner {
     let local_base = s.base_version();
     let remote_base = st
         .counter
@@ -147,7 +147,7 @@ struct Merged {
 /// shown value is that state's if its counter already is the join (keeping memcached's
 /// in-place padding); otherwise the join's number in plain digits. A function of the two
 /// states alone, symmetric in them, so both nodes compute the same result.
-fn merge(s: &shard::Slot, st: &RemoteState) -> Option<Merged> {
+fn merge(s: shard::Slot<'_>, st: &RemoteState) -> Option<Merged> {
     let lc = Counter::decode(s.counter()?)?;
     let rc = Counter::decode(st.counter?)?;
     let mut m = lc.clone();
@@ -192,7 +192,7 @@ fn merge(s: &shard::Slot, st: &RemoteState) -> Option<Merged> {
     })
 }
 
-fn state_of<'a>(store: &Store, s: &'a shard::Slot) -> StateRef<'a> {
+fn state_of<'a>(store: &Store, s: shard::Slot<'a>) -> StateRef<'a> {
     if s.is_tombstone() {
         StateRef::Tombstone {
             key: s.key(),

@@ -2,8 +2,7 @@
 //! shard's counters. Everything here runs under the shard's lock; the store owns locking,
 //! global memory accounting and cross-shard eviction.
 
-use super::{counter, hlc, item};
-use hashbrown::HashTable;
+use super::{arena, counter, hlc, index, item};
 use std::hash::BuildHasher;
 
 const IDX_BITS: u32 = 24;
@@ -54,16 +53,16 @@ pub(crate) const BIT_COUNTER: u8 = 64;
 /// The bits that are part of an item's replicated state.
 pub(crate) const REPLICATED_BITS: u8 = BIT_STALE | BIT_KEY_BINARY;
 
-/// An arena entry. `prev` carries the key length in its top byte and `next` the state bits,
-/// so a slot stays 24 bytes. A free slot has an empty buffer (no allocation) and chains the
-/// free list through `next`.
-pub(crate) struct Slot {
-    data: Box<[u8]>,
+/// A slot: where the item's buffer is, and its LRU links. `prev` carries the key length
+/// in its top byte and `next` the state bits, so a slot is 12 bytes. A free slot has no
+/// handle and chains the free list through `next`.
+struct Rec {
+    h: arena::Handle,
     prev: u32,
     next: u32,
 }
 
-impl Slot {
+impl Rec {
     fn prev(&self) -> u32 {
         self.prev & IDX_MASK
     }
@@ -76,42 +75,103 @@ impl Slot {
     fn set_next(&mut self, n: u32) {
         self.next = (self.next & !IDX_MASK) | (n & IDX_MASK);
     }
-    pub(crate) fn klen(&self) -> usize {
+    fn klen(&self) -> usize {
         (self.prev >> IDX_BITS) as usize
     }
-    pub(crate) fn bits(&self) -> u8 {
+    fn bits(&self) -> u8 {
         (self.next >> IDX_BITS) as u8
     }
-    pub(crate) fn set_bits(&mut self, b: u8) {
+    fn set_bits(&mut self, b: u8) {
         self.next = (self.next & IDX_MASK) | (u32::from(b) << IDX_BITS);
     }
+    fn live(&self) -> bool {
+        self.h != arena::NO_HANDLE
+    }
+}
+
+/// Slots per block of the slot array.
+const BLOCK: usize = 512;
+
+/// The slot array, in fixed blocks: it grows without copying, and without leaving the
+/// old, smaller arrays behind as holes in the heap (a million items in 256 shards left
+/// about 8 MB of them).
+#[derive(Default)]
+struct Slots {
+    blocks: Vec<Vec<Rec>>,
+    len: usize,
+}
+
+impl Slots {
+    fn get(&self, i: usize) -> Option<&Rec> {
+        self.blocks.get(i / BLOCK)?.get(i % BLOCK)
+    }
+    fn get_mut(&mut self, i: usize) -> Option<&mut Rec> {
+        self.blocks.get_mut(i / BLOCK)?.get_mut(i % BLOCK)
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn capacity(&self) -> usize {
+        self.blocks.len() * BLOCK
+    }
+    fn push(&mut self, rec: Rec) {
+        if self.len % BLOCK == 0 {
+            self.blocks.push(Vec::with_capacity(BLOCK));
+        }
+        if let Some(b) = self.blocks.last_mut() {
+            b.push(rec);
+            self.len += 1;
+        }
+    }
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Rec> {
+        self.blocks.iter_mut().flatten()
+    }
+}
+
+/// A slot with its item, borrowed from a shard.
+#[derive(Clone, Copy)]
+pub(crate) struct Slot<'a> {
+    rec: &'a Rec,
+    data: &'a [u8],
+}
+
+/// A slot with its item, borrowed for a change in place.
+pub(crate) struct SlotMut<'a> {
+    rec: &'a mut Rec,
+    data: &'a mut [u8],
+}
+
+impl<'a> Slot<'a> {
+    pub(crate) fn klen(&self) -> usize {
+        self.rec.klen()
+    }
+    pub(crate) fn bits(&self) -> u8 {
+        self.rec.bits()
+    }
     pub(crate) fn live(&self) -> bool {
-        !self.data.is_empty()
+        self.rec.live()
     }
     pub(crate) fn is_tombstone(&self) -> bool {
         self.bits() & BIT_TOMBSTONE != 0
     }
-    pub(crate) fn data(&self) -> &[u8] {
-        &self.data
+    pub(crate) fn data(&self) -> &'a [u8] {
+        self.data
     }
-    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.data
-    }
-    pub(crate) fn key(&self) -> &[u8] {
-        item::key(&self.data, self.klen())
+    pub(crate) fn key(&self) -> &'a [u8] {
+        item::key(self.data, self.klen())
     }
     /// The value clients see (without a counter trailer).
-    pub(crate) fn value(&self) -> &[u8] {
-        let v = item::value(&self.data, self.klen());
+    pub(crate) fn value(&self) -> &'a [u8] {
+        let v = item::value(self.data, self.klen());
         let t = self.counter().map_or(0, <[u8]>::len);
         v.get(..v.len() - t).unwrap_or(&[])
     }
     /// The counter trailer's encoding, for an incremented item.
-    pub(crate) fn counter(&self) -> Option<&[u8]> {
+    pub(crate) fn counter(&self) -> Option<&'a [u8]> {
         if self.bits() & BIT_COUNTER == 0 || self.is_tombstone() {
             return None;
         }
-        let v = item::value(&self.data, self.klen());
+        let v = item::value(self.data, self.klen());
         let len = counter::trailer_len(v)?;
         v.get(v.len() - len..)
     }
@@ -120,10 +180,28 @@ impl Slot {
     pub(crate) fn base_version(&self) -> u64 {
         self.counter()
             .and_then(counter::base_version_of)
-            .unwrap_or_else(|| item::version(&self.data))
+            .unwrap_or_else(|| item::version(self.data))
     }
     pub(crate) fn cost(&self) -> usize {
-        item::cost(self.data.len())
+        item::cost(self.data)
+    }
+}
+
+impl SlotMut<'_> {
+    pub(crate) fn klen(&self) -> usize {
+        self.rec.klen()
+    }
+    pub(crate) fn bits(&self) -> u8 {
+        self.rec.bits()
+    }
+    pub(crate) fn set_bits(&mut self, b: u8) {
+        self.rec.set_bits(b)
+    }
+    pub(crate) fn data(&self) -> &[u8] {
+        self.data
+    }
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
+        self.data
     }
 }
 
@@ -132,7 +210,9 @@ impl Shard {
     #[inline(always)]
     pub(crate) fn prefetch_ahead(&self, pos: u32) {
         if let Some(s) = self.slots.get((pos + PREFETCH_AHEAD) as usize) {
-            prefetch(s.data.as_ptr());
+            if s.live() {
+                prefetch(self.arena.get(s.h).as_ptr());
+            }
         }
     }
 }
@@ -189,7 +269,7 @@ impl FlushView {
 
 /// Whether an item is dead. A flush compares an incremented item by its base version: the
 /// flush replaces the counter as it would the `set` that started it.
-pub(crate) fn dead(s: &Slot, now: u32, flush: &FlushView) -> Option<Dead> {
+pub(crate) fn dead(s: Slot<'_>, now: u32, flush: &FlushView) -> Option<Dead> {
     let d = s.data();
     if flush.flushed(item::time(d), s.base_version(), now) {
         return Some(Dead::Flushed);
@@ -203,9 +283,10 @@ pub(crate) fn dead(s: &Slot, now: u32, flush: &FlushView) -> Option<Dead> {
 
 pub(crate) struct Shard {
     hasher: KeyHasher,
-    slots: Vec<Slot>,
+    slots: Slots,
+    arena: arena::Arena,
     free: u32,
-    table: HashTable<u32>,
+    index: index::Index,
     /// Most recently used.
     head: u32,
     /// Least recently used.
@@ -225,9 +306,10 @@ impl Shard {
     pub(crate) fn new(hasher: KeyHasher) -> Shard {
         Shard {
             hasher,
-            slots: Vec::new(),
+            slots: Slots::default(),
+            arena: arena::Arena::default(),
             free: NIL,
-            table: HashTable::new(),
+            index: index::Index::default(),
             head: NIL,
             tail: NIL,
             items: 0,
@@ -238,45 +320,63 @@ impl Shard {
         }
     }
 
-    pub(crate) fn slot(&self, i: u32) -> Option<&Slot> {
-        self.slots.get(i as usize)
+    pub(crate) fn slot(&self, i: u32) -> Option<Slot<'_>> {
+        let rec = self.slots.get(i as usize)?;
+        let data = if rec.live() {
+            self.arena.get(rec.h)
+        } else {
+            &[]
+        };
+        Some(Slot { rec, data })
     }
-    pub(crate) fn slot_mut(&mut self, i: u32) -> Option<&mut Slot> {
-        self.slots.get_mut(i as usize)
+    pub(crate) fn slot_mut(&mut self, i: u32) -> Option<SlotMut<'_>> {
+        let rec = self.slots.get_mut(i as usize)?;
+        let data = if rec.live() {
+            self.arena.get_mut(rec.h)
+        } else {
+            &mut []
+        };
+        Some(SlotMut { rec, data })
     }
     pub(crate) fn slot_count(&self) -> usize {
         self.slots.len()
     }
-    /// Hash buckets of the index (a power of two, or 0 before the first insert).
+    /// Buckets of the hash index.
     pub(crate) fn buckets(&self) -> usize {
-        match self.table.capacity() {
-            0 => 0,
-            c => (c * 8 / 7).next_power_of_two(),
-        }
+        self.index.buckets()
     }
 
-    /// Memory of the index: buckets (a u32 and a control byte each) and the slot array.
+    /// Memory of the index (4 bytes a bucket), the slot array and the arena's bookkeeping
+    /// and unused chunks.
     pub(crate) fn index_bytes(&self) -> usize {
-        self.buckets() * 5 + self.slots.capacity() * std::mem::size_of::<Slot>()
+        self.buckets() * 4
+            + self.slots.capacity() * std::mem::size_of::<Rec>()
+            + self.arena.overhead_bytes()
+    }
+
+    /// The hash of the key in slot `j` (for rebuilding the index).
+    fn rehash(slots: &Slots, arena: &arena::Arena, hasher: &KeyHasher, j: u32) -> u64 {
+        slots
+            .get(j as usize)
+            .map(|s| hasher.hash_one(item::key(arena.get(s.h), s.klen())))
+            .unwrap_or(0)
     }
 
     pub(crate) fn tail(&self) -> u32 {
         self.tail
     }
     pub(crate) fn prev_of(&self, i: u32) -> u32 {
-        self.slot(i).map(|s| s.prev()).unwrap_or(NIL)
+        self.slots.get(i as usize).map(|s| s.prev()).unwrap_or(NIL)
     }
 
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let slots = &self.slots;
-        self.table
-            .find(hash, |&i| {
-                slots
-                    .get(i as usize)
-                    .map(|s| s.key() == key)
-                    .unwrap_or(false)
-            })
-            .copied()
+        let arena = &self.arena;
+        self.index.find(hash, |i| {
+            slots
+                .get(i as usize)
+                .is_some_and(|s| s.live() && item::key(arena.get(s.h), s.klen()) == key)
+        })
     }
 
     /// True when a new item can get a slot (the arena is not at its index limit).
@@ -285,31 +385,31 @@ impl Shard {
     }
 
     fn lru_detach(&mut self, i: u32) {
-        let (p, n) = match self.slot(i) {
+        let (p, n) = match self.slots.get(i as usize) {
             Some(s) => (s.prev(), s.next()),
             None => return,
         };
         if p == NIL {
             self.head = n;
-        } else if let Some(ps) = self.slot_mut(p) {
+        } else if let Some(ps) = self.slots.get_mut(p as usize) {
             ps.set_next(n);
         }
         if n == NIL {
             self.tail = p;
-        } else if let Some(ns) = self.slot_mut(n) {
+        } else if let Some(ns) = self.slots.get_mut(n as usize) {
             ns.set_prev(p);
         }
     }
 
     fn lru_push_head(&mut self, i: u32) {
         let old = self.head;
-        if let Some(s) = self.slot_mut(i) {
+        if let Some(s) = self.slots.get_mut(i as usize) {
             s.set_prev(NIL);
             s.set_next(old);
         }
         if old == NIL {
             self.tail = i;
-        } else if let Some(os) = self.slot_mut(old) {
+        } else if let Some(os) = self.slots.get_mut(old as usize) {
             os.set_prev(i);
         }
         self.head = i;
@@ -323,41 +423,58 @@ impl Shard {
         }
     }
 
+    /// Releases a buffer, compacting its size class when it has become sparse.
+    fn free_buffer(&mut self, h: arena::Handle) {
+        if let Some(c) = self.arena.free(h) {
+            self.compact(c);
+        }
+    }
+
+    /// Moves the items of a sparse size class out of its highest pages and frees those
+    /// pages, so memory a class no longer needs can serve other sizes. The scan over the
+    /// slots is paid once per eighth of the class freed (see `Arena::free`).
+    fn compact(&mut self, c: usize) {
+        let Some(cut) = self.arena.begin_drain(c) else {
+            return;
+        };
+        for rec in self.slots.iter_mut() {
+            if arena::Arena::in_drain(rec.h, c, cut) {
+                rec.h = self.arena.relocate(rec.h);
+            }
+        }
+        self.arena.end_drain(c, cut);
+    }
+
     /// Links a new item (the key must be absent). Returns its slot, or None when the arena
     /// is at its index limit. The caller has reserved its cost.
     pub(crate) fn insert(&mut self, hash: u64, data: Box<[u8]>, klen: usize) -> Option<u32> {
-        let cost = item::cost(data.len());
-        let req = (data.len() - item::HDR) as u64;
-        let slot = Slot {
-            data,
+        let cost = item::cost(&data);
+        let req = item::payload_len(&data) as u64;
+        if self.free == NIL && self.slots.len() >= MAX_SLOTS {
+            return None;
+        }
+        let h = self.arena.put(data)?;
+        let rec = Rec {
+            h,
             prev: (klen as u32) << IDX_BITS,
             next: 0,
         };
         let i = if self.free != NIL {
             let i = self.free;
-            let s = self.slots.get_mut(i as usize)?;
+            let Some(s) = self.slots.get_mut(i as usize) else {
+                self.free_buffer(h);
+                return None;
+            };
             self.free = s.next();
-            *s = slot;
+            *s = rec;
             i
-        } else if self.slots.len() < MAX_SLOTS {
-            if self.slots.len() == self.slots.capacity() {
-                // Grow by a quarter, not double: the arena is per-item memory.
-                let extra = (self.slots.len() / 4).max(16);
-                self.slots.reserve_exact(extra);
-            }
-            self.slots.push(slot);
-            (self.slots.len() - 1) as u32
         } else {
-            return None;
+            self.slots.push(rec);
+            (self.slots.len() - 1) as u32
         };
-        let slots = &self.slots;
-        let hasher = &self.hasher;
-        self.table.insert_unique(hash, i, |&j| {
-            slots
-                .get(j as usize)
-                .map(|s| hasher.hash_one(s.key()))
-                .unwrap_or(0)
-        });
+        let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
+        self.index
+            .insert(hash, i, |j| Self::rehash(slots, arena, hasher, j));
         self.lru_push_head(i);
         self.items += 1;
         self.bytes += cost;
@@ -366,65 +483,94 @@ impl Shard {
         Some(i)
     }
 
+    /// Swaps a slot's buffer for `data` (same key), keeping its bits and LRU place.
+    /// Returns the old buffer's cost and payload, or None when there is no room for the
+    /// new buffer (the old one stays).
+    fn swap_buffer(&mut self, i: u32, data: Box<[u8]>) -> Option<(usize, u64)> {
+        let new_cost = item::cost(&data);
+        let new_req = item::payload_len(&data) as u64;
+        let old_h = self.slots.get(i as usize).filter(|s| s.live())?.h;
+        let old = self.arena.get(old_h);
+        let (old_cost, old_req) = (item::cost(old), item::payload_len(old) as u64);
+        let h = self.arena.put(data)?;
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            s.h = h;
+        }
+        self.free_buffer(old_h);
+        self.bytes = self.bytes + new_cost - old_cost;
+        self.requested = self.requested + new_req - old_req;
+        Some((old_cost, old_req))
+    }
+
     /// Swaps in a new buffer for the same key, moving the item to the MRU end. Returns the
     /// accounted bytes released by the old buffer.
     pub(crate) fn replace(&mut self, i: u32, data: Box<[u8]>) -> usize {
-        let new_cost = item::cost(data.len());
-        let new_req = (data.len() - item::HDR) as u64;
-        let (old_cost, old_req, was_tomb) = match self.slot_mut(i) {
-            Some(s) => {
-                let was_tomb = s.is_tombstone();
-                let old = std::mem::replace(&mut s.data, data);
-                s.set_bits(0);
-                (
-                    item::cost(old.len()),
-                    (old.len() - item::HDR) as u64,
-                    was_tomb,
-                )
-            }
-            None => return 0,
+        let was_tomb = self.slot(i).is_some_and(|s| s.is_tombstone());
+        let Some((old_cost, _)) = self.swap_buffer(i, data) else {
+            return 0;
         };
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            s.set_bits(0);
+        }
         if was_tomb {
             self.tombstones -= 1;
         }
-        self.bytes = self.bytes + new_cost - old_cost;
-        self.requested = self.requested + new_req - old_req;
         self.c.total_items += 1;
         self.bump(i);
         old_cost
     }
 
+    /// Gives an item a new exptime, rebuilding it in the long form when it was stored
+    /// without one. Its accounted cost does not change (see `item::cost`).
+    pub(crate) fn set_exptime(&mut self, i: u32, exptime: u32) {
+        let Some(mut s) = self.slot_mut(i) else {
+            return;
+        };
+        if item::set_exptime(s.data_mut(), exptime) {
+            return;
+        }
+        let data = item::with_exptime(s.data(), s.klen(), exptime);
+        // Only fails with every index of the shard's arena in use, which the slot limit
+        // rules out; the item then keeps its old exptime.
+        let _ = self.swap_buffer(i, data);
+    }
+
     /// Unlinks an item and frees its buffer. Returns the accounted bytes released.
     pub(crate) fn remove(&mut self, i: u32) -> usize {
-        let hash = match self.slot(i) {
-            Some(s) if s.live() => self.hasher.hash_one(s.key()),
+        let (hash, h, was_tomb, cost, req) = match self.slot(i) {
+            Some(s) if s.live() => (
+                self.hasher.hash_one(s.key()),
+                s.rec.h,
+                s.is_tombstone(),
+                s.cost(),
+                item::payload_len(s.data()) as u64,
+            ),
             _ => return 0,
         };
-        if let Ok(e) = self.table.find_entry(hash, |&j| j == i) {
-            e.remove();
-        }
+        self.index.remove(hash, i);
         self.lru_detach(i);
         let free = self.free;
-        let Some(s) = self.slot_mut(i) else { return 0 };
-        let was_tomb = s.is_tombstone();
-        let old = std::mem::take(&mut s.data);
+        let Some(s) = self.slots.get_mut(i as usize) else {
+            return 0;
+        };
+        s.h = arena::NO_HANDLE;
         s.prev = NIL;
         s.next = free;
         self.free = i;
+        self.free_buffer(h);
         if was_tomb {
             self.tombstones -= 1;
         }
-        let cost = item::cost(old.len());
         self.items -= 1;
         self.bytes -= cost;
-        self.requested -= (old.len() - item::HDR) as u64;
+        self.requested -= req;
         cost
     }
 
     /// Marks a freshly linked or replaced slot as a tombstone.
     pub(crate) fn mark_tombstone(&mut self, i: u32) {
-        if let Some(s) = self.slot_mut(i) {
-            if !s.is_tombstone() {
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            if s.bits() & BIT_TOMBSTONE == 0 {
                 s.set_bits(BIT_TOMBSTONE);
                 self.tombstones += 1;
             }
@@ -435,25 +581,20 @@ impl Shard {
     /// its size, and rehashing as the table doubles dominates applying it otherwise).
     pub(crate) fn reserve(&mut self, n: usize) {
         let n = n.min(MAX_SLOTS - self.slots.len());
-        self.slots.reserve_exact(n);
-        let slots = &self.slots;
-        let hasher = &self.hasher;
-        self.table.reserve(n, |&j| {
-            slots
-                .get(j as usize)
-                .map(|s| hasher.hash_one(s.key()))
-                .unwrap_or(0)
-        });
+        let (slots, arena, hasher) = (&self.slots, &self.arena, &self.hasher);
+        self.index
+            .reserve(n, |j| Self::rehash(slots, arena, hasher, j));
     }
 
     /// Releases arena and index capacity after the shard emptied out a lot.
     pub(crate) fn maybe_shrink(&mut self) {
         if self.items == 0 && self.slots.len() > 1024 {
-            self.slots = Vec::new();
+            self.slots = Slots::default();
+            self.arena = arena::Arena::default();
             self.free = NIL;
             self.head = NIL;
             self.tail = NIL;
-            self.table = HashTable::new();
+            self.index = index::Index::default();
         }
     }
 }
@@ -467,8 +608,8 @@ mod tests {
     }
 
     #[test]
-    fn slot_is_24_bytes() {
-        assert_eq!(std::mem::size_of::<Slot>(), item::SLOT_BYTES);
+    fn slot_is_12_bytes() {
+        assert_eq!(std::mem::size_of::<Rec>(), item::SLOT_BYTES);
     }
 
     #[test]
@@ -488,5 +629,71 @@ mod tests {
         assert_eq!(c, a, "free slot reused");
         assert_eq!(s.items, 2);
         assert_eq!(s.tail(), b.unwrap_or(NIL));
+    }
+
+    #[test]
+    fn a_class_that_empties_out_is_compacted_and_its_items_survive() {
+        let hb = KeyHasher::with_seed(9);
+        let mut s = Shard::new(hb);
+        let h = |k: &[u8]| hb.hash_one(k);
+        let key = |i: usize| format!("key-{i:05}").into_bytes();
+        let val = |i: usize| format!("{i:0100}").into_bytes();
+        let mut slot = Vec::new();
+        for i in 0..3000 {
+            let k = key(i);
+            slot.push(s.insert(h(&k), data(&k, &val(i)), k.len()));
+        }
+        let full = s.arena.overhead_bytes() + s.bytes;
+        // Delete nine in ten, then a different size moves in.
+        for (i, si) in slot.iter().enumerate() {
+            if i % 10 != 0 {
+                assert!(s.remove(si.unwrap_or(NIL)) > 0);
+            }
+        }
+        let pages_left: usize = s.arena.overhead_bytes();
+        for i in 0..300 {
+            let k = format!("other-{i}").into_bytes();
+            s.insert(h(&k), data(&k, &[b'x'; 300]), k.len());
+        }
+        // Compaction gave the emptied pages back: what is left unused in the class is a
+        // few pages, not the 90% that was deleted.
+        assert!(
+            pages_left < full / 8,
+            "unused {pages_left} of {full} after deleting 90%"
+        );
+        for i in (0..3000).step_by(10) {
+            let k = key(i);
+            let Some(si) = s.find(h(&k), &k) else {
+                panic!("key {i} lost")
+            };
+            assert_eq!(s.slot(si).map(|x| x.value().to_vec()), Some(val(i)));
+        }
+        assert_eq!(s.items, 600);
+    }
+
+    #[test]
+    fn giving_an_exptime_to_a_short_item_keeps_everything_else() {
+        let hb = KeyHasher::with_seed(3);
+        let mut s = Shard::new(hb);
+        let k = b"k1";
+        let Some(i) = s.insert(hb.hash_one(k), item::build(k, &[b"v"], 42, 0, 0, 7), 2) else {
+            panic!("no slot")
+        };
+        if let Some(mut m) = s.slot_mut(i) {
+            m.set_bits(BIT_FETCHED);
+        }
+        let before = s.bytes;
+        s.set_exptime(i, 1000);
+        let Some(x) = s.slot(i) else {
+            panic!("slot gone")
+        };
+        let d = x.data();
+        assert_eq!(
+            (item::exptime(d), item::version(d), item::time(d), x.value()),
+            (1000, 42, 7, &b"v"[..])
+        );
+        assert_eq!(x.bits(), BIT_FETCHED);
+        assert_eq!(s.bytes, before, "the exptime was paid for at insert");
+        assert_eq!(s.find(hb.hash_one(k), k), Some(i));
     }
 }

@@ -331,8 +331,8 @@ impl Store {
 
     pub(super) fn hash(&self, key: &[u8]) -> (u64, usize) {
         let h = self.hasher.hash_one(key);
-        // hashbrown uses the top 7 bits as in-bucket tags and the low bits as the bucket
-        // index; taking the shard from bits 32.. keeps both fully random within a shard.
+        // The shard's index takes its bucket from the low 32 bits and its tag from the top
+        // 7; taking the shard from bits 32.. keeps both fully random within a shard.
         (h, ((h >> 32) as usize) & self.shard_mask)
     }
 
@@ -549,7 +549,7 @@ impl Store {
         result
     }
 
-    pub(super) fn item_ref<'a>(&self, s: &'a shard::Slot) -> ItemRef<'a> {
+    pub(super) fn item_ref<'a>(&self, s: shard::Slot<'a>) -> ItemRef<'a> {
         let d = s.data();
         let version = item::version(d);
         ItemRef {
@@ -569,7 +569,7 @@ impl Store {
     /// memcached's do_item_bump: marks the item fetched (active on a repeat) and moves it to
     /// the MRU end.
     pub(super) fn touch_access(sh: &mut Shard, i: u32, now: u32) {
-        if let Some(s) = sh.slot_mut(i) {
+        if let Some(mut s) = sh.slot_mut(i) {
             let b = s.bits();
             let nb = if b & BIT_FETCHED == 0 {
                 b | BIT_FETCHED
@@ -621,13 +621,13 @@ impl Store {
                 // expiry wins over the old state on the peer.
                 let cur = sh.slot(i).map(|s| item::version(s.data())).unwrap_or(0);
                 let version = self.pair.then(|| self.version_after(cur));
-                let r = sh.slot_mut(i).map(|s| {
-                    item::set_exptime(s.data_mut(), exp);
-                    if let Some(v) = version {
+                sh.set_exptime(i, exp);
+                if let Some(v) = version {
+                    if let Some(mut s) = sh.slot_mut(i) {
                         item::set_version(s.data_mut(), v);
                     }
-                    f(&self.item_ref(s))
-                });
+                }
+                let r = sh.slot(i).map(|s| f(&self.item_ref(s)));
                 Self::touch_access(&mut sh, i, now);
                 self.notify(key);
                 (Lookup::Hit, r)
@@ -675,7 +675,7 @@ impl Store {
         }
         let Some(s) = sh.slot(i) else { return };
         let data = item::build(s.key(), &[], version, 0, 0, now);
-        let new_cost = item::cost(data.len());
+        let new_cost = item::cost(&data);
         // A tombstone is never larger than the item it replaces.
         let old_cost = sh.replace(i, data);
         sh.mark_tombstone(i);
@@ -802,7 +802,7 @@ impl Store {
         let new_data = match (cmd, found) {
             (StoreCmd::Add, Some(i)) => {
                 // add on an existing key only promotes it (memcached's do_item_update).
-                if let Some(s) = sh.slot_mut(i) {
+                if let Some(mut s) = sh.slot_mut(i) {
                     item::set_time(s.data_mut(), now);
                 }
                 sh.bump(i);
@@ -900,7 +900,7 @@ impl Store {
             return 0;
         };
         match sh.slot_mut(i) {
-            Some(s) => {
+            Some(mut s) => {
                 if bits != 0 {
                     s.set_bits(s.bits() | bits);
                 }
@@ -936,7 +936,7 @@ impl Store {
         credit: &mut usize,
         origin: Origin,
     ) -> Step<bool> {
-        let new_cost = item::cost(data.len());
+        let new_cost = item::cost(&data);
         let old_cost = old.and_then(|i| sh.slot(i)).map(|s| s.cost()).unwrap_or(0);
         let old_version = old
             .and_then(|i| sh.slot(i))

@@ -48,9 +48,9 @@ fn gets(s: &Store, k: &str, now: u32) -> Option<(String, u64)> {
     .1
 }
 
-/// Accounted cost of one item with this key and value.
+/// Accounted cost of one item with this key and value, stored with no flags or exptime.
 fn cost_of(k: &str, v: &str) -> usize {
-    item::cost(item::HDR + k.len() + v.len())
+    item::cost_of_len(item::HDR_SHORT + k.len() + v.len())
 }
 
 #[test]
