@@ -1,27 +1,30 @@
 //! A shard's memory for item buffers: size classes 4 bytes apart, carved out of pages of
 //! about 4 KiB, so an item costs its length rounded up to 4 bytes. malloc would add an
-//! 8-byte header and round to 16 (a 148-byte item takes 160 there). Items too large for a
-//! class keep a heap allocation of their own. Everything here runs under the shard's lock.
+//! 8-byte header and round to 16 (a 148-byte item takes 160 there). An item too large for
+//! a class is a page of its own (its own heap allocation). Everything here runs under the
+//! shard's lock.
 
 use super::item;
 
 /// Class sizes step by this many bytes.
 pub(crate) const GRAIN: usize = 4;
-/// Largest item kept in a class: class numbers fit in a handle's top byte, and 255 marks
-/// "no buffer".
+/// Largest item kept in a class.
 pub(crate) const MAX_CLASSED: usize = 254 * GRAIN;
-const CLASS_SHIFT: u32 = 24;
-const IDX_MASK: u32 = (1 << CLASS_SHIFT) - 1;
-/// Class 0: the buffer is a heap allocation of its own, indexed in `big`.
-const BIG: usize = 0;
+/// A handle is a page number and a chunk number in the page.
+const CHUNK_BITS: u32 = 10;
+const CHUNK_MASK: u32 = (1 << CHUNK_BITS) - 1;
+const MAX_PAGES: usize = 1 << (32 - CHUNK_BITS);
 /// The handle of no buffer (a free slot).
 pub(crate) const NO_HANDLE: u32 = u32::MAX;
-/// A page holds at least this many bytes of chunks (a power-of-two count of them).
+/// A page holds at least this many bytes of chunks (a power-of-two count of them, at most
+/// 1024 since the smallest chunk is 4 bytes).
 const PAGE_TARGET: usize = 4096;
-/// Bytes of the `big` table entry that a big item needs besides its allocation.
-const BIG_ENTRY: usize = 16;
+/// Page-table bytes that a big item needs besides its allocation.
+const PAGE_ENTRY: usize = std::mem::size_of::<Page>();
+/// The class of a page holding one big item.
+const BIG: u8 = 0;
 
-/// Where an item's buffer lives: class in the top byte, chunk (or `big`) index below.
+/// Where an item's buffer lives: page number in the top 22 bits, chunk number below.
 pub(crate) type Handle = u32;
 
 /// What glibc malloc really consumes for a request of `n` bytes: 8 bytes of chunk header,
@@ -35,35 +38,65 @@ pub(crate) fn malloc_cost(n: usize) -> usize {
     }
 }
 
-fn class_of(len: usize) -> Option<usize> {
-    (len > 0 && len <= MAX_CLASSED).then(|| len.div_ceil(GRAIN))
+fn class_of(len: usize) -> Option<u8> {
+    if len > 0 && len <= MAX_CLASSED {
+        u8::try_from(len.div_ceil(GRAIN)).ok()
+    } else {
+        None
+    }
 }
 
-/// Bytes an item buffer of `len` bytes takes: its chunk, or its allocation plus its entry
-/// in the big-item table.
+/// Bytes an item buffer of `len` bytes takes: its chunk, or its allocation plus its page
+/// table entry.
 pub(crate) fn buffer_cost(len: usize) -> usize {
     match class_of(len) {
-        Some(c) => c * GRAIN,
-        None => malloc_cost(len) + BIG_ENTRY,
+        Some(c) => usize::from(c) * GRAIN,
+        None => malloc_cost(len) + PAGE_ENTRY,
+    }
+}
+
+fn handle(page: usize, chunk: usize) -> Handle {
+    ((page as u32) << CHUNK_BITS) | (chunk as u32 & CHUNK_MASK)
+}
+
+fn split(h: Handle) -> (usize, usize) {
+    ((h >> CHUNK_BITS) as usize, (h & CHUNK_MASK) as usize)
+}
+
+/// A page: chunks of one class, or one big item. Finding an item's bytes takes this one
+/// lookup, which matters: every key comparison of a hash lookup starts with it.
+#[derive(Default)]
+struct Page {
+    buf: Box<[u8]>,
+    class: u8,
+    /// Being emptied by a drain (see [`Arena::begin_drain`]).
+    draining: bool,
+}
+
+impl Page {
+    fn chunk_range(&self, chunk: usize) -> (usize, usize) {
+        let size = usize::from(self.class) * GRAIN;
+        (chunk * size, chunk * size + size)
     }
 }
 
 struct Class {
-    size: usize,
+    class: u8,
     /// log2 of the chunks per page.
     shift: u32,
-    pages: Vec<Box<[u8]>>,
-    /// Free chunk indices; a new page pushes all of its own.
-    free: Vec<u32>,
+    /// This class's pages, in the order they were added.
+    pages: Vec<u32>,
+    /// Free chunks; a new page pushes all of its own.
+    free: Vec<Handle>,
     live: u32,
 }
 
 impl Class {
-    fn new(c: usize) -> Class {
-        let size = c * GRAIN;
+    fn new(class: u8) -> Class {
+        let size = usize::from(class) * GRAIN;
         let per_page = PAGE_TARGET.div_ceil(size).next_power_of_two();
         Class {
-            size,
+            class,
             shift: per_page.trailing_zeros(),
             pages: Vec::new(),
             free: Vec::new(),
@@ -73,132 +106,154 @@ impl Class {
     fn per_page(&self) -> usize {
         1 << self.shift
     }
-    fn chunk(&self, idx: u32) -> Option<&[u8]> {
-        let page = self.pages.get((idx >> self.shift) as usize)?;
-        let off = (idx as usize & (self.per_page() - 1)) * self.size;
-        page.get(off..off + self.size)
-    }
-    fn chunk_mut(&mut self, idx: u32) -> Option<&mut [u8]> {
-        let size = self.size;
-        let off = (idx as usize & (self.per_page() - 1)) * size;
-        let page = self.pages.get_mut((idx >> self.shift) as usize)?;
-        page.get_mut(off..off + size)
-    }
-    /// A free chunk, adding a page when none is left. None when the class's index space
-    /// (24 bits) is full.
-    fn take(&mut self) -> Option<u32> {
-        if self.free.is_empty() {
-            let per = self.per_page();
-            let first = self.pages.len() * per;
-            if first + per > IDX_MASK as usize {
-                return None;
-            }
-            self.pages
-                .push(vec![0u8; per * self.size].into_boxed_slice());
-            // Lowest index on top, so a page fills front to back.
-            self.free
-                .extend((first..first + per).rev().map(|i| i as u32));
-        }
-        let idx = self.free.pop()?;
-        self.live += 1;
-        Some(idx)
+    fn size(&self) -> usize {
+        usize::from(self.class) * GRAIN
     }
 }
 
 /// A shard's item buffers.
 pub(crate) struct Arena {
+    pages: Vec<Page>,
+    /// Page numbers not in use.
+    free_pages: Vec<u32>,
     /// Class number to its position in `classes` plus one (0: not in use yet). Classes are
     /// made on first use: most shards see only a few sizes.
     pos: [u8; 256],
     classes: Vec<Class>,
-    big: Vec<Box<[u8]>>,
-    big_free: Vec<u32>,
 }
 
 impl Default for Arena {
     fn default() -> Self {
         Arena {
+            pages: Vec::new(),
+            free_pages: Vec::new(),
             pos: [0; 256],
             classes: Vec::new(),
-            big: Vec::new(),
-            big_free: Vec::new(),
         }
     }
-}
-
-fn split(h: Handle) -> (usize, u32) {
-    ((h >> CLASS_SHIFT) as usize, h & IDX_MASK)
-}
-
-fn handle(class: usize, idx: u32) -> Handle {
-    ((class as u32) << CLASS_SHIFT) | idx
 }
 
 impl Arena {
-    fn class(&self, c: usize) -> Option<&Class> {
-        let p = usize::from(*self.pos.get(c)?);
-        self.classes.get(p.checked_sub(1)?)
-    }
-    fn class_mut(&mut self, c: usize) -> Option<&mut Class> {
-        let p = usize::from(*self.pos.get(c)?);
+    fn class_mut(&mut self, c: u8) -> Option<&mut Class> {
+        let p = usize::from(*self.pos.get(usize::from(c))?);
         self.classes.get_mut(p.checked_sub(1)?)
     }
-    fn class_or_new(&mut self, c: usize) -> Option<&mut Class> {
-        if self.pos.get(c).copied() == Some(0) {
+
+    /// A page number for a new page. None when the shard's page numbers are all in use.
+    fn new_page(&mut self, page: Page) -> Option<usize> {
+        if let Some(n) = self.free_pages.pop() {
+            *self.pages.get_mut(n as usize)? = page;
+            return Some(n as usize);
+        }
+        if self.pages.len() >= MAX_PAGES {
+            return None;
+        }
+        self.pages.push(page);
+        Some(self.pages.len() - 1)
+    }
+
+    /// A free chunk of class `c`, adding a page when the class has none.
+    fn take(&mut self, c: u8) -> Option<Handle> {
+        if self.pos.get(usize::from(c)).copied() == Some(0) {
             self.classes.push(Class::new(c));
             // At most 254 classes, so the position fits a byte.
             let p = u8::try_from(self.classes.len()).ok()?;
-            *self.pos.get_mut(c)? = p;
+            *self.pos.get_mut(usize::from(c))? = p;
         }
-        self.class_mut(c)
+        let (per, size, empty) = {
+            let cl = self.class_mut(c)?;
+            (cl.per_page(), cl.size(), cl.free.is_empty())
+        };
+        if empty {
+            let page = Page {
+                buf: vec![0u8; per * size].into_boxed_slice(),
+                class: c,
+                draining: false,
+            };
+            let n = self.new_page(page)?;
+            let cl = self.class_mut(c)?;
+            cl.pages.push(n as u32);
+            // Lowest chunk on top, so a page fills front to back.
+            cl.free.extend((0..per).rev().map(|j| handle(n, j)));
+        }
+        let cl = self.class_mut(c)?;
+        let h = cl.free.pop()?;
+        cl.live += 1;
+        Some(h)
     }
 
-    /// Stores an item buffer. None when neither a class nor the big table has room.
+    /// Stores an item buffer. None when the shard has no page number left for it.
     pub(crate) fn put(&mut self, data: Box<[u8]>) -> Option<Handle> {
         if let Some(c) = class_of(data.len()) {
-            if let Some(cl) = self.class_or_new(c) {
-                if let Some(idx) = cl.take() {
-                    if let Some(chunk) = cl.chunk_mut(idx) {
-                        if let Some(dst) = chunk.get_mut(..data.len()) {
-                            dst.copy_from_slice(&data);
-                            return Some(handle(c, idx));
-                        }
-                    }
-                }
+            if let Some(h) = self.take(c) {
+                let dst = self.chunk_mut(h)?.get_mut(..data.len())?;
+                dst.copy_from_slice(&data);
+                return Some(h);
             }
         }
-        let idx = match self.big_free.pop() {
-            Some(i) => {
-                *self.big.get_mut(i as usize)? = data;
-                i
-            }
-            None if self.big.len() < IDX_MASK as usize => {
-                self.big.push(data);
-                (self.big.len() - 1) as u32
-            }
-            None => return None,
+        let n = self.new_page(Page {
+            buf: data,
+            class: BIG,
+            draining: false,
+        })?;
+        Some(handle(n, 0))
+    }
+
+    fn chunk_mut(&mut self, h: Handle) -> Option<&mut [u8]> {
+        let (n, j) = split(h);
+        let page = self.pages.get_mut(n)?;
+        if page.class == BIG {
+            return Some(&mut page.buf);
+        }
+        let (a, b) = page.chunk_range(j);
+        page.buf.get_mut(a..b)
+    }
+
+    /// Puts `data` where `h`'s buffer is when it belongs there (the same class, or both
+    /// big), which saves a free and an allocation on the common overwrite of a key with a
+    /// value of similar size. Gives `data` back otherwise.
+    pub(crate) fn overwrite(&mut self, h: Handle, data: Box<[u8]>) -> Result<(), Box<[u8]>> {
+        let (n, j) = split(h);
+        let Some(page) = self.pages.get_mut(n) else {
+            return Err(data);
         };
-        Some(handle(BIG, idx))
+        match class_of(data.len()) {
+            None if page.class == BIG => {
+                page.buf = data;
+                Ok(())
+            }
+            Some(c) if c == page.class => {
+                let (a, _) = page.chunk_range(j);
+                match page.buf.get_mut(a..a + data.len()) {
+                    Some(dst) => {
+                        dst.copy_from_slice(&data);
+                        Ok(())
+                    }
+                    None => Err(data),
+                }
+            }
+            _ => Err(data),
+        }
     }
 
     /// The buffer of `h`, exactly as long as the item.
     pub(crate) fn get(&self, h: Handle) -> &[u8] {
-        let (c, idx) = split(h);
-        if c == BIG {
-            return self.big.get(idx as usize).map_or(&[], |b| b);
+        let (n, j) = split(h);
+        let Some(page) = self.pages.get(n) else {
+            return &[];
+        };
+        if page.class == BIG {
+            return &page.buf;
         }
-        match self.class(c).and_then(|cl| cl.chunk(idx)) {
+        let (a, b) = page.chunk_range(j);
+        match page.buf.get(a..b) {
             Some(chunk) => chunk.get(..item::stored_len(chunk)).unwrap_or(chunk),
             None => &[],
         }
     }
 
     pub(crate) fn get_mut(&mut self, h: Handle) -> &mut [u8] {
-        let (c, idx) = split(h);
-        if c == BIG {
-            return self.big.get_mut(idx as usize).map_or(&mut [], |b| b);
-        }
-        match self.class_mut(c).and_then(|cl| cl.chunk_mut(idx)) {
+        match self.chunk_mut(h) {
             Some(chunk) => {
                 let n = item::stored_len(chunk).min(chunk.len());
                 &mut chunk[..n]
@@ -209,17 +264,17 @@ impl Arena {
 
     /// Releases a buffer. Returns its class when the class now holds enough free chunks
     /// that it should be compacted (see [`Arena::begin_drain`]).
-    pub(crate) fn free(&mut self, h: Handle) -> Option<usize> {
-        let (c, idx) = split(h);
-        if c == BIG {
-            if let Some(b) = self.big.get_mut(idx as usize) {
-                *b = Box::default();
-                self.big_free.push(idx);
-            }
+    pub(crate) fn free(&mut self, h: Handle) -> Option<u8> {
+        let (n, _) = split(h);
+        let page = self.pages.get_mut(n)?;
+        if page.class == BIG {
+            *page = Page::default();
+            self.free_pages.push(n as u32);
             return None;
         }
+        let c = page.class;
         let cl = self.class_mut(c)?;
-        cl.free.push(idx);
+        cl.free.push(h);
         cl.live = cl.live.saturating_sub(1);
         // Two pages' worth of free chunks, and an eighth of the live ones: then a drain
         // gives back at least a page, and a class that merely churns is left alone.
@@ -227,60 +282,98 @@ impl Arena {
         (f >= 2 * cl.per_page() && f * 8 >= cl.live as usize).then_some(c)
     }
 
-    /// Starts handing a class's highest pages back: all but about one page of its free
-    /// chunks. Returns the first chunk index that is going away; every live handle of the
-    /// class at or above it must be moved with [`Arena::relocate`] before
-    /// [`Arena::end_drain`]. There are always enough free chunks below it for them.
-    pub(crate) fn begin_drain(&mut self, c: usize) -> Option<u32> {
-        let cl = self.class_mut(c)?;
-        let per = cl.per_page();
-        let k = (cl.free.len() / per).checked_sub(1).filter(|&k| k > 0)?;
-        let keep = cl.pages.len().checked_sub(k)?;
-        let cut = (keep * per) as u32;
-        cl.free.retain(|&i| i < cut);
-        Some(cut)
-    }
-
-    /// Whether `h` is a chunk of class `c` that a drain up to `cut` must move.
-    pub(crate) fn in_drain(h: Handle, c: usize, cut: u32) -> bool {
-        let (hc, idx) = split(h);
-        h != NO_HANDLE && hc == c && idx >= cut
-    }
-
-    /// Moves a chunk that a drain is taking away into a free chunk below the cut.
-    pub(crate) fn relocate(&mut self, h: Handle) -> Handle {
-        let (c, idx) = split(h);
+    /// Starts handing back a class's newest pages: all but about one page's worth of its
+    /// free chunks. Every live handle for which [`Arena::in_drain`] is true must then be
+    /// moved with [`Arena::relocate`] before [`Arena::end_drain`]; there are always enough
+    /// free chunks outside the drained pages for them. False when there is nothing to do.
+    pub(crate) fn begin_drain(&mut self, c: u8) -> bool {
         let Some(cl) = self.class_mut(c) else {
+            return false;
+        };
+        let per = cl.per_page();
+        let Some(k) = (cl.free.len() / per).checked_sub(1).filter(|&k| k > 0) else {
+            return false;
+        };
+        let Some(keep) = cl.pages.len().checked_sub(k) else {
+            return false;
+        };
+        let drained: Vec<u32> = cl
+            .pages
+            .get(keep..)
+            .map(<[u32]>::to_vec)
+            .unwrap_or_default();
+        for &n in &drained {
+            if let Some(p) = self.pages.get_mut(n as usize) {
+                p.draining = true;
+            }
+        }
+        let pages = &self.pages;
+        let Some(cl) = self
+            .pos
+            .get(usize::from(c))
+            .and_then(|&p| usize::from(p).checked_sub(1))
+            .and_then(|p| self.classes.get_mut(p))
+        else {
+            return false;
+        };
+        cl.free
+            .retain(|&h| pages.get(split(h).0).is_some_and(|p| !p.draining));
+        true
+    }
+
+    /// Whether `h` lies in a page a drain is emptying.
+    pub(crate) fn in_drain(&self, h: Handle) -> bool {
+        h != NO_HANDLE && self.pages.get(split(h).0).is_some_and(|p| p.draining)
+    }
+
+    /// Moves a chunk out of a page a drain is emptying. Returns its new handle.
+    pub(crate) fn relocate(&mut self, h: Handle) -> Handle {
+        let Some(c) = self.pages.get(split(h).0).map(|p| p.class) else {
             return h;
         };
-        let Some(to) = cl.free.pop() else {
+        let Some(to) = self.class_mut(c).and_then(|cl| cl.free.pop()) else {
             return h;
         };
         let mut tmp = [0u8; MAX_CLASSED];
-        let size = cl.size;
-        let (Some(src), Some(buf)) = (cl.chunk(idx), tmp.get_mut(..size)) else {
-            cl.free.push(to);
-            return h;
-        };
-        buf.copy_from_slice(src);
-        match cl.chunk_mut(to) {
-            Some(dst) => {
-                dst.copy_from_slice(buf);
-                handle(c, to)
+        let copied = match (self.chunk_mut(h), tmp.get_mut(..usize::from(c) * GRAIN)) {
+            (Some(src), Some(buf)) if src.len() == buf.len() => {
+                buf.copy_from_slice(src);
+                Some(buf.len())
             }
-            None => {
-                cl.free.push(to);
+            _ => None,
+        };
+        match (copied, self.chunk_mut(to)) {
+            (Some(len), Some(dst)) if dst.len() == len => {
+                dst.copy_from_slice(&tmp[..len]);
+                to
+            }
+            _ => {
+                if let Some(cl) = self.class_mut(c) {
+                    cl.free.push(to);
+                }
                 h
             }
         }
     }
 
-    /// Drops the pages at and above `cut` once nothing lives there.
-    pub(crate) fn end_drain(&mut self, c: usize, cut: u32) {
+    /// Frees the pages a drain emptied.
+    pub(crate) fn end_drain(&mut self, c: u8) {
+        let Some(cl) = self.class_mut(c) else {
+            return;
+        };
+        let pages = std::mem::take(&mut cl.pages);
+        let mut kept = Vec::with_capacity(pages.len());
+        for n in pages {
+            match self.pages.get_mut(n as usize) {
+                Some(p) if p.draining => {
+                    *p = Page::default();
+                    self.free_pages.push(n);
+                }
+                _ => kept.push(n),
+            }
+        }
         if let Some(cl) = self.class_mut(c) {
-            let keep = (cut as usize) >> cl.shift;
-            cl.pages.truncate(keep);
-            cl.pages.shrink_to_fit();
+            cl.pages = kept;
             if cl.free.capacity() > 4 * cl.free.len().max(cl.per_page()) {
                 cl.free.shrink_to_fit();
             }
@@ -292,9 +385,9 @@ impl Arena {
         let classes: usize = self
             .classes
             .iter()
-            .map(|c| c.free.len() * c.size + c.free.capacity() * 4 + c.pages.capacity() * 16)
+            .map(|c| c.free.len() * c.size() + c.free.capacity() * 4 + c.pages.capacity() * 4)
             .sum();
-        classes + self.big.capacity() * BIG_ENTRY + self.big_free.capacity() * 4
+        classes + self.pages.capacity() * PAGE_ENTRY + self.free_pages.capacity() * 4
     }
 }
 
@@ -318,7 +411,7 @@ mod tests {
         assert_eq!(buffer_cost(MAX_CLASSED), MAX_CLASSED);
         assert_eq!(
             buffer_cost(MAX_CLASSED + 1),
-            malloc_cost(MAX_CLASSED + 1) + BIG_ENTRY
+            malloc_cost(MAX_CLASSED + 1) + PAGE_ENTRY
         );
         assert_eq!(malloc_cost(1), 32);
         assert_eq!(malloc_cost(152), 160);
@@ -340,6 +433,14 @@ mod tests {
         assert_eq!(a.get(h3).len(), 5000);
         a.get_mut(h2)[20] = 9;
         assert_eq!(a.get(h2)[20], 9);
+        assert!(a.overwrite(h2, buf(151, 6)).is_ok(), "same class: in place");
+        assert_eq!((a.get(h2).len(), a.get(h2)[20]), (151, 6));
+        assert!(a.overwrite(h2, buf(100, 6)).is_err(), "another class");
+        assert!(
+            a.overwrite(h3, buf(5001, 3)).is_ok(),
+            "big to big: in place"
+        );
+        assert_eq!(a.get(h3).len(), 5001);
         assert_eq!(a.free(h1), None);
         assert_eq!(a.put(buf(149, 4)), Some(h1), "a freed chunk is reused");
         assert_eq!(a.free(h3), None);
@@ -347,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn a_drain_moves_live_chunks_below_the_cut_and_drops_pages() {
+    fn a_drain_moves_live_chunks_out_and_frees_pages() {
         let mut a = Arena::default();
         let mut hs: Vec<Handle> = (0..400)
             .map(|i| a.put(buf(100, (i % 250) as u8 + 1)))
@@ -367,18 +468,17 @@ mod tests {
         let Some(c) = asked else {
             panic!("no drain asked for")
         };
-        let pages_before = a.class(c).map_or(0, |cl| cl.pages.len());
-        let Some(cut) = a.begin_drain(c) else {
-            panic!("nothing to drain")
-        };
+        let live_pages = |a: &Arena| a.pages.iter().filter(|p| !p.buf.is_empty()).count();
+        let pages_before = live_pages(&a);
+        assert!(a.begin_drain(c), "nothing to drain");
         for (h, _) in kept.iter_mut() {
-            if Arena::in_drain(*h, c, cut) {
+            if a.in_drain(*h) {
                 *h = a.relocate(*h);
-                assert!(!Arena::in_drain(*h, c, cut));
+                assert!(!a.in_drain(*h));
             }
         }
-        a.end_drain(c, cut);
-        let pages_after = a.class(c).map_or(0, |cl| cl.pages.len());
+        a.end_drain(c);
+        let pages_after = live_pages(&a);
         assert!(pages_after < pages_before, "{pages_after} < {pages_before}");
         for (h, fill) in &kept {
             assert_eq!(a.get(*h).len(), 100);
