@@ -133,6 +133,9 @@ pub struct Config {
     pub cluster_name: String,
     /// `--repl-backlog-mb`: bound on changes waiting for the peer, in bytes.
     pub repl_backlog: usize,
+    /// `--repl-copy-share`: percent of the time a full copy to the peer may take while
+    /// clients are being served (100: no limit).
+    pub repl_copy_share: u8,
     /// `--repl-secret-file`: file holding the secret both nodes prove in the handshake.
     pub repl_secret_file: Option<PathBuf>,
     /// `--repl-drain-timeout-ms`: on SIGTERM, how long to keep sending pending changes.
@@ -183,6 +186,7 @@ impl Default for Config {
             repl_bootstrap_timeout: 60,
             cluster_name: "repcached".to_string(),
             repl_backlog: 64 * 1024 * 1024,
+            repl_copy_share: 5,
             repl_secret_file: None,
             repl_drain_timeout_ms: 10_000,
         }
@@ -334,6 +338,7 @@ pub const OPTIONS: &[OptSpec] = &[
     opt("", "repl-secret-file", Some("file"), "shared secret both nodes must prove (HMAC challenge-response);\nwithout it the replication port is open to anyone who reaches it", Supported),
     opt("", "repl-drain-timeout-ms", Some("ms"), "on SIGTERM, keep sending pending changes to the peer for at most\nthis long before exiting (default: 10000)", Supported),
     opt("", "repl-backlog-mb", Some("num"), "memory for changes not yet sent to the peer; beyond it the pair\nresyncs in full (default: 64)", Supported),
+    opt("", "repl-copy-share", Some("percent"), "share of this node's time a full copy to the peer may take while\nclients are being served; 100 = no limit (default: 5)", Supported),
 ];
 
 /// Whether an extended (`-o`) option takes a value.
@@ -1001,6 +1006,12 @@ fn replication_options(m: &getopts::Matches, cfg: &mut Config) -> Result<(), Cli
             .and_then(|n| n.checked_mul(MB))
             .ok_or_else(|| err("repl-backlog-mb", format!("{n} is too large")))?;
     }
+    if let Some(n) = positive("repl-copy-share", "percent")? {
+        cfg.repl_copy_share = u8::try_from(n)
+            .ok()
+            .filter(|&p| p <= 100)
+            .ok_or_else(|| err("repl-copy-share", format!("'{n}' must be at most 100")))?;
+    }
     if let Some(v) = last(m, "repl-secret-file") {
         cfg.repl_secret_file = Some(absolute("repl-secret-file", &v)?);
     }
@@ -1645,10 +1656,14 @@ mod tests {
         assert_eq!((c.repl_heartbeat_ms, c.repl_timeout_ms), (100, 400));
         assert_eq!(c.cluster_name, "c1");
         assert_eq!(cfg(&["--repl-backlog-mb", "2"]).repl_backlog, 2 * MB);
+        assert_eq!(cfg(&["--repl-copy-share", "100"]).repl_copy_share, 100);
+        assert_eq!(cfg(&[]).repl_copy_share, 5);
         assert!(fails(&["-X", "0"], "-X").contains("must not be 0"));
         assert!(fails(&["--repl-timeout-ms", "500"], "--repl-timeout-ms").contains("longer"));
         assert!(fails(&["--repl-heartbeat-ms", "0"], "--repl-heartbeat-ms").contains("at least 1"));
         assert!(fails(&["--cluster-name", ""], "--cluster-name").contains("1 to 255"));
+        assert!(fails(&["--repl-copy-share", "0"], "--repl-copy-share").contains("at least 1"));
+        assert!(fails(&["--repl-copy-share", "101"], "--repl-copy-share").contains("at most 100"));
     }
 
     #[test]

@@ -18,6 +18,10 @@ const PER_KEY: usize = 32;
 /// How long a wake-up of the replication thread may go unanswered before a worker gives up
 /// its core for it (see `overdue`).
 const HANDOFF_NS: u64 = 500_000;
+/// How finely `note_clients` keeps time, and how long after the last client served a node
+/// counts as serving clients.
+const CLIENTS_GRAIN_NS: u64 = 1_000_000;
+const CLIENTS_RECENT_NS: u64 = 10_000_000;
 
 /// One shard of pending keys: the keys back to back in one buffer and an index of their
 /// (offset, length) by hash. Workers add keys without an allocation per key, and dropping
@@ -92,6 +96,9 @@ pub struct DirtySet {
     /// When the replication thread was last asked to wake up (monotonic ns since the
     /// process's first reading; 0: it has answered since).
     woken_at: AtomicU64,
+    /// When a worker last served a client (monotonic ns, kept to about a millisecond): a
+    /// full copy to the peer takes only its share of the time while this is recent.
+    clients_at: AtomicU64,
     waker: OnceLock<mio::Waker>,
     /// Rotates the shard a partial drain starts from, so no shard waits behind others.
     cursor: AtomicUsize,
@@ -110,6 +117,7 @@ impl DirtySet {
             oldest_ms: AtomicU64::new(0),
             armed: AtomicBool::new(true),
             woken_at: AtomicU64::new(0),
+            clients_at: AtomicU64::new(0),
             waker: OnceLock::new(),
             cursor: AtomicUsize::new(0),
         }
@@ -202,6 +210,23 @@ impl DirtySet {
         match self.woken_at.load(Ordering::Relaxed) {
             0 => false,
             t => mono_ns().saturating_sub(t) >= HANDOFF_NS,
+        }
+    }
+
+    /// A worker calls this after serving a client connection.
+    pub fn note_clients(&self) {
+        let now = mono_ns();
+        // Written at most once a millisecond, so the workers do not bounce its cache line.
+        if now.saturating_sub(self.clients_at.load(Ordering::Relaxed)) >= CLIENTS_GRAIN_NS {
+            self.clients_at.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// True when a worker served a client within the last few milliseconds.
+    pub fn clients_active(&self) -> bool {
+        match self.clients_at.load(Ordering::Relaxed) {
+            0 => false,
+            t => mono_ns().saturating_sub(t) < CLIENTS_RECENT_NS,
         }
     }
 

@@ -5,6 +5,7 @@ pub mod auth;
 mod dirty;
 mod link;
 mod node;
+mod pace;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -35,6 +36,8 @@ pub struct ReplConfig {
     pub secret: Option<Vec<u8>>,
     /// How long a stopping node keeps sending pending changes to its peer.
     pub drain_timeout: Duration,
+    /// Percent of the time a full copy to the peer may take while clients are being served.
+    pub copy_share: u8,
 }
 
 /// `repl_link_state` values.

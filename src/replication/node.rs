@@ -16,6 +16,7 @@ use crate::storage::{Applied, CopyCursor, FlushState, RemoteState, StateRef, Sto
 
 use super::auth::{self, Side};
 use super::link::{Link, PeerHello, ReadResult};
+use super::pace::CopyPace;
 use super::{LinkState, Replicator};
 use crate::clock::wall_ms;
 
@@ -73,6 +74,10 @@ pub struct Node {
     backoff: Duration,
     next_heartbeat: Instant,
     copy: Option<Copy>,
+    /// Keeps a copy to its share of the time while clients are being served.
+    pace: CopyPace,
+    /// The copy has used its share: it resumes at this time.
+    copy_paused_until: Option<Instant>,
     receiving: Option<Receiving>,
     /// Run id of the peer incarnation last linked with, to tell a reconnect from a restart.
     last_peer_run: Option<u64>,
@@ -161,6 +166,7 @@ impl Node {
             .map_err(|e| e.to_string())?;
         log::info!("listening for the peer on {addr}");
         let now = Instant::now();
+        let copy_share = repl.cfg.copy_share;
         let run_id = random_u64();
         Ok(Node {
             start_deadline: now + repl.cfg.bootstrap_timeout,
@@ -182,6 +188,8 @@ impl Node {
             last_peer_run: None,
             keys: Vec::new(),
             busy: false,
+            pace: CopyPace::new(copy_share, now),
+            copy_paused_until: None,
             unsynced: false,
             copy_owed: false,
             copy_end: None,
@@ -269,6 +277,9 @@ impl Node {
         let mut next = self.next_heartbeat;
         if self.active.is_none() {
             next = next.min(self.next_dial);
+        }
+        if let Some(t) = self.copy_paused_until {
+            next = next.min(t);
         }
         next.saturating_duration_since(now)
             .min(Duration::from_millis(250))
@@ -524,6 +535,8 @@ impl Node {
         let until = Instant::now() + FILL_SLICE;
         loop {
             let active = self.active == Some(idx);
+            let copying = active && self.copy.is_some();
+            let started = Instant::now();
             if active {
                 self.fill(idx);
             }
@@ -531,11 +544,17 @@ impl Node {
                 Some(l) => (l.flush().is_err(), l.pending_output() == 0),
                 None => return,
             };
+            if copying && self.copy_paused_until.is_none() {
+                // Encoding and sending both count: on a busy node that is what the copy
+                // takes from the clients.
+                self.pace.charge(started.elapsed());
+            }
             if failed {
                 self.close(idx, "write failed");
                 return;
             }
-            let more = active && (self.copy.is_some() || !self.repl.dirty.is_empty());
+            let copy_ready = self.copy.is_some() && self.copy_paused_until.is_none();
+            let more = active && (copy_ready || !self.repl.dirty.is_empty());
             if !(drained && more) {
                 return;
             }
@@ -1038,7 +1057,22 @@ impl Node {
                 .sent_items
                 .fetch_add(sent, Ordering::Relaxed);
         }
-        while link.pending_output() < SEND_HIGH_WATER {
+        self.copy_paused_until = None;
+        let clients = self.repl.dirty.clients_active();
+        let room = match self
+            .copy
+            .as_ref()
+            .map(|_| self.pace.allow(Instant::now(), clients))
+        {
+            Some(Ok(room)) => room,
+            Some(Err(resume)) => {
+                self.copy_paused_until = Some(resume);
+                Duration::ZERO
+            }
+            None => Duration::ZERO,
+        };
+        let started = Instant::now();
+        while link.pending_output() < SEND_HIGH_WATER && started.elapsed() < room {
             let Some(copy) = self.copy.as_mut() else {
                 break;
             };

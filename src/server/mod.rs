@@ -62,6 +62,7 @@ fn repl_config(cfg: &Config, peer: &str, secret: Option<&[u8]>) -> ReplConfig {
         pending_limit: cfg.repl_backlog,
         secret: secret.map(<[u8]>::to_vec),
         drain_timeout: Duration::from_millis(cfg.repl_drain_timeout_ms),
+        copy_share: cfg.repl_copy_share,
     }
 }
 

@@ -346,6 +346,7 @@ fn settings(ctx: &Ctx, out: &mut Vec<u8>) {
     stat(out, "repl_bootstrap_timeout", cfg.repl_bootstrap_timeout);
     stat(out, "repl_drain_timeout_ms", cfg.repl_drain_timeout_ms);
     stat(out, "repl_backlog_bytes", cfg.repl_backlog);
+    stat(out, "repl_copy_share", cfg.repl_copy_share);
     stat(out, "repl_auth", yes_no(cfg.repl_secret_file.is_some()));
     stat(out, "cluster_name", &cfg.cluster_name);
 }

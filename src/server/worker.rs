@@ -107,13 +107,13 @@ impl Worker {
                         }
                     }
                     self.drive(ev.token().0);
-                    self.yield_if_replication_waits();
+                    self.after_serving();
                 }
             }
             for _ in 0..self.ready.len() {
                 if let Some(idx) = self.ready.pop_front() {
                     self.drive(idx);
-                    self.yield_if_replication_waits();
+                    self.after_serving();
                 }
             }
             if idle_check.is_some() {
@@ -128,9 +128,14 @@ impl Worker {
     /// Gives the core to the replication thread when it has waited for it too long (see
     /// `DirtySet::overdue`). Checked after every connection, not every poll round: a round
     /// over 50 busy pipelining connections can take a millisecond.
-    fn yield_if_replication_waits(&self) {
-        if self.shared.repl.as_ref().is_some_and(|r| r.dirty.overdue()) {
-            std::thread::yield_now();
+    ///
+    /// Also tells replication that clients are being served (see `DirtySet::note_clients`).
+    fn after_serving(&self) {
+        if let Some(r) = self.shared.repl.as_ref() {
+            r.dirty.note_clients();
+            if r.dirty.overdue() {
+                std::thread::yield_now();
+            }
         }
     }
 
