@@ -994,6 +994,7 @@ impl Node {
     fn start_copy(&mut self, wbuf: &mut Vec<u8>) {
         let (copy, frames) = begin_copy(&self.repl, &self.store, wbuf);
         self.copy = Some(copy);
+        self.pace.begin(Instant::now());
         self.sent += frames;
         // begin_copy cleared the pending record: until the copy is acknowledged, it is
         // the only record of what the peer lacks.

@@ -10,6 +10,9 @@ const MAX_BURST: Duration = Duration::from_micros(500);
 /// A paused copy resumes once it has earned this much: slices much shorter would cost a
 /// wake-up each for little work.
 const RESUME: Duration = Duration::from_micros(250);
+/// A copy still running after this long stops yielding: the peer may be a starting node
+/// that gives up and serves alone after its bootstrap timeout (60 s by default).
+const YIELD_FOR: Duration = Duration::from_secs(30);
 
 pub(crate) struct CopyPace {
     /// Percent of the time, 1 to 100 (100: no limit).
@@ -18,6 +21,8 @@ pub(crate) struct CopyPace {
     budget_ns: i64,
     paused: bool,
     last: Instant,
+    /// When the current copy started.
+    begun: Instant,
 }
 
 impl CopyPace {
@@ -27,7 +32,13 @@ impl CopyPace {
             budget_ns: MAX_BURST.as_nanos() as i64,
             paused: false,
             last: now,
+            begun: now,
         }
+    }
+
+    /// A new copy starts.
+    pub(crate) fn begin(&mut self, now: Instant) {
+        self.begun = now;
     }
 
     /// Whether the copy may go on now, and for how long; otherwise when it may resume.
@@ -39,7 +50,8 @@ impl CopyPace {
         let cap = MAX_BURST.as_nanos() as i64;
         let elapsed = now.saturating_duration_since(self.last).as_nanos();
         self.last = now;
-        if !clients_active || self.share >= 100 {
+        let overdue = now.saturating_duration_since(self.begun) >= YIELD_FOR;
+        if !clients_active || self.share >= 100 || overdue {
             self.budget_ns = cap;
             self.paused = false;
             return Ok(Duration::MAX);
@@ -113,5 +125,20 @@ mod tests {
     fn without_clients_or_at_100_percent_the_copy_runs_flat_out() {
         assert!(share_taken(5, false) > 0.99);
         assert!(share_taken(100, true) > 0.99);
+    }
+
+    #[test]
+    fn a_copy_that_runs_long_stops_yielding() {
+        let t0 = Instant::now();
+        let mut p = CopyPace::new(5, t0);
+        p.begin(t0);
+        p.charge(Duration::from_millis(10));
+        assert!(p.allow(t0 + Duration::from_millis(1), true).is_err());
+        assert_eq!(p.allow(t0 + YIELD_FOR, true), Ok(Duration::MAX));
+        p.begin(t0 + YIELD_FOR);
+        p.charge(Duration::from_millis(10));
+        assert!(p
+            .allow(t0 + YIELD_FOR + Duration::from_millis(1), true)
+            .is_err());
     }
 }
