@@ -11,13 +11,16 @@ pub(crate) const GRAIN: usize = 4;
 /// Largest item kept in a class.
 pub(crate) const MAX_CLASSED: usize = 254 * GRAIN;
 /// A handle is a page number and a chunk number in the page.
-const CHUNK_BITS: u32 = 10;
+const CHUNK_BITS: u32 = 8;
 const CHUNK_MASK: u32 = (1 << CHUNK_BITS) - 1;
-const MAX_PAGES: usize = 1 << (32 - CHUNK_BITS);
+/// Page numbers: one fewer than 24 bits allow, so no handle is `NO_HANDLE`. As many as a
+/// shard has slots, so even a shard of nothing but big items (one page each) runs out of
+/// slots first, give or take the few pages of free chunks its classes may hold.
+const MAX_PAGES: usize = (1 << (32 - CHUNK_BITS)) - 1;
 /// The handle of no buffer (a free slot).
 pub(crate) const NO_HANDLE: u32 = u32::MAX;
 /// A page holds at least this many bytes of chunks (a power-of-two count of them, at most
-/// 1024 since the smallest chunk is 4 bytes).
+/// 256: an item is never under 16 bytes, its header).
 const PAGE_TARGET: usize = 4096;
 /// Page-table bytes that a big item needs besides its allocation.
 const PAGE_ENTRY: usize = std::mem::size_of::<Page>();
@@ -94,7 +97,10 @@ struct Class {
 impl Class {
     fn new(class: u8) -> Class {
         let size = usize::from(class) * GRAIN;
-        let per_page = PAGE_TARGET.div_ceil(size).next_power_of_two();
+        let per_page = PAGE_TARGET
+            .div_ceil(size)
+            .next_power_of_two()
+            .min(1 << CHUNK_BITS);
         Class {
             class,
             shift: per_page.trailing_zeros(),
@@ -263,8 +269,9 @@ impl Arena {
     }
 
     /// Releases a buffer. Returns its class when the class now holds enough free chunks
-    /// that it should be compacted (see [`Arena::begin_drain`]).
-    pub(crate) fn free(&mut self, h: Handle) -> Option<u8> {
+    /// that it should be compacted (see [`Arena::begin_drain`]); a compaction visits every
+    /// one of the shard's `slots`.
+    pub(crate) fn free(&mut self, h: Handle, slots: usize) -> Option<u8> {
         let (n, _) = split(h);
         let page = self.pages.get_mut(n)?;
         if page.class == BIG {
@@ -276,10 +283,13 @@ impl Arena {
         let cl = self.class_mut(c)?;
         cl.free.push(h);
         cl.live = cl.live.saturating_sub(1);
-        // Two pages' worth of free chunks, and an eighth of the live ones: then a drain
-        // gives back at least a page, and a class that merely churns is left alone.
+        // Two pages' worth of free chunks, an eighth of the live ones, and a byte for each
+        // slot the compaction will visit: then a drain gives back at least a page, a class
+        // that merely churns is left alone, and a small class in a large shard does not
+        // pay a pass over the shard for every few items it frees.
         let f = cl.free.len();
-        (f >= 2 * cl.per_page() && f * 8 >= cl.live as usize).then_some(c)
+        let due = f >= 2 * cl.per_page() && f * 8 >= cl.live as usize && f * cl.size() >= slots;
+        due.then_some(c)
     }
 
     /// Starts handing back a class's newest pages: all but about one page's worth of its
@@ -441,9 +451,9 @@ mod tests {
             "big to big: in place"
         );
         assert_eq!(a.get(h3).len(), 5001);
-        assert_eq!(a.free(h1), None);
+        assert_eq!(a.free(h1, 0), None);
         assert_eq!(a.put(buf(149, 4)), Some(h1), "a freed chunk is reused");
-        assert_eq!(a.free(h3), None);
+        assert_eq!(a.free(h3, 0), None);
         assert_eq!(a.put(buf(6000, 5)), Some(h3), "a freed big entry is reused");
     }
 
@@ -461,7 +471,7 @@ mod tests {
         for (i, h) in hs.drain(..).enumerate() {
             if i % 10 == 0 {
                 kept.push((h, (i % 250) as u8 + 1));
-            } else if let Some(c) = a.free(h) {
+            } else if let Some(c) = a.free(h, 0) {
                 asked = Some(c);
             }
         }
@@ -483,6 +493,25 @@ mod tests {
         for (h, fill) in &kept {
             assert_eq!(a.get(*h).len(), 100);
             assert_eq!(a.get(*h)[50], *fill);
+        }
+    }
+
+    #[test]
+    fn a_small_class_in_a_large_shard_does_not_ask_for_a_pass_every_few_frees() {
+        // 16 items of about 1 KB set and deleted over and over: the class frees two pages'
+        // worth at a time. In a shard of a million slots, a pass per cycle would cost about
+        // a millisecond per 16 deletes; it is not asked for until the free chunks outweigh
+        // a byte per slot. In a small shard the same churn is compacted.
+        for (slots, want_drain) in [(1_000_000usize, false), (100, true)] {
+            let mut a = Arena::default();
+            let mut asked = false;
+            for _ in 0..50 {
+                let hs: Vec<Handle> = (0..16).filter_map(|_| a.put(buf(950, 1))).collect();
+                for h in hs {
+                    asked |= a.free(h, slots).is_some();
+                }
+            }
+            assert_eq!(asked, want_drain, "shard of {slots} slots");
         }
     }
 }

@@ -309,12 +309,15 @@ impl Store {
         }
         if opts.remove_value {
             let data = item::build(s.key(), &[], version, exptime, item::flags(s.data()), now);
-            let old_cost = sh.replace(i, data);
-            let new_cost = sh.slot(i).map(|s| s.cost()).unwrap_or(0);
-            // An empty value is never larger than the one it replaces.
-            self.release(old_cost.saturating_sub(new_cost));
-            // replace() counted a stored item; emptying one is not a store.
-            sh.c.total_items = sh.c.total_items.saturating_sub(1);
+            // None: no page number left (see `arena::MAX_PAGES`); the value stays, and the
+            // rest of the delete still applies.
+            if let Some(old_cost) = sh.replace(i, data) {
+                let new_cost = sh.slot(i).map(|s| s.cost()).unwrap_or(0);
+                // An empty value is never larger than the one it replaces.
+                self.release(old_cost.saturating_sub(new_cost));
+                // replace() counted a stored item; emptying one is not a store.
+                sh.c.total_items = sh.c.total_items.saturating_sub(1);
+            }
         }
         let mut grow = false;
         if let Some(mut s) = sh.slot_mut(i) {

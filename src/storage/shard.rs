@@ -426,14 +426,15 @@ impl Shard {
 
     /// Releases a buffer, compacting its size class when it has become sparse.
     fn free_buffer(&mut self, h: arena::Handle) {
-        if let Some(c) = self.arena.free(h) {
+        if let Some(c) = self.arena.free(h, self.slots.len()) {
             self.compact(c);
         }
     }
 
-    /// Moves the items of a sparse size class out of its highest pages and frees those
-    /// pages, so memory a class no longer needs can serve other sizes. The scan over the
-    /// slots is paid once per eighth of the class freed (see `Arena::free`).
+    /// Moves the items of a sparse size class out of its newest pages and frees those
+    /// pages, so memory a class no longer needs can serve other sizes. The pass over the
+    /// slots is paid only after an eighth of the class, and at least a byte per slot, has
+    /// been freed (see `Arena::free`).
     fn compact(&mut self, c: u8) {
         if !self.arena.begin_drain(c) {
             return;
@@ -506,12 +507,11 @@ impl Shard {
     }
 
     /// Swaps in a new buffer for the same key, moving the item to the MRU end. Returns the
-    /// accounted bytes released by the old buffer.
-    pub(crate) fn replace(&mut self, i: u32, data: Box<[u8]>) -> usize {
+    /// accounted bytes released by the old buffer, or None (and nothing changed) when the
+    /// arena has no page number left (see `arena::MAX_PAGES`).
+    pub(crate) fn replace(&mut self, i: u32, data: Box<[u8]>) -> Option<usize> {
         let was_tomb = self.slot(i).is_some_and(|s| s.is_tombstone());
-        let Some((old_cost, _)) = self.swap_buffer(i, data) else {
-            return 0;
-        };
+        let (old_cost, _) = self.swap_buffer(i, data)?;
         if let Some(s) = self.slots.get_mut(i as usize) {
             s.set_bits(0);
         }
@@ -520,7 +520,7 @@ impl Shard {
         }
         self.c.total_items += 1;
         self.bump(i);
-        old_cost
+        Some(old_cost)
     }
 
     /// Gives an item a new exptime, rebuilding it in the long form when it was stored
@@ -533,8 +533,9 @@ impl Shard {
             return;
         }
         let data = item::with_exptime(s.data(), s.klen(), exptime);
-        // Only fails with every index of the shard's arena in use, which the slot limit
-        // rules out; the item then keeps its old exptime.
+        // Fails only when the arena has no page number left, which takes a shard of some
+        // 16.7 million items of over 1016 bytes each (see `arena::MAX_PAGES`); the item
+        // then keeps its old exptime, as when a touch races a delete.
         let _ = self.swap_buffer(i, data);
     }
 

@@ -677,7 +677,13 @@ impl Store {
         let data = item::build(s.key(), &[], version, 0, 0, now);
         let new_cost = item::cost(&data);
         // A tombstone is never larger than the item it replaces.
-        let old_cost = sh.replace(i, data);
+        let Some(old_cost) = sh.replace(i, data) else {
+            // No page number left for the tombstone (see `arena::MAX_PAGES`): the key
+            // still goes, without the record that keeps an older peer state away.
+            let freed = sh.remove(i);
+            self.release(freed);
+            return;
+        };
         sh.mark_tombstone(i);
         // replace() counted a stored item; a deletion is not one.
         sh.c.total_items = sh.c.total_items.saturating_sub(1);
@@ -955,7 +961,12 @@ impl Store {
         }
         match old {
             Some(i) => {
-                sh.replace(i, data);
+                if sh.replace(i, data).is_none() {
+                    // No page number left (see `arena::MAX_PAGES`): give back the room
+                    // reserved for the growth and fail like an out-of-memory store.
+                    self.release(new_cost.saturating_sub(old_cost));
+                    return Step::Done(false);
+                }
                 if old_cost > new_cost {
                     self.release(old_cost - new_cost);
                 }
