@@ -134,7 +134,7 @@ pub struct Config {
     /// `--repl-backlog-mb`: bound on changes waiting for the peer, in bytes.
     pub repl_backlog: usize,
     /// `--repl-copy-share`: percent of the time a full copy to the peer may take while
-    /// clients are being served (100: no limit).
+    /// clients keep the node busy (100: no limit).
     pub repl_copy_share: u8,
     /// `--repl-secret-file`: file holding the secret both nodes prove in the handshake.
     pub repl_secret_file: Option<PathBuf>,
@@ -338,7 +338,7 @@ pub const OPTIONS: &[OptSpec] = &[
     opt("", "repl-secret-file", Some("file"), "shared secret both nodes must prove (HMAC challenge-response);\nwithout it the replication port is open to anyone who reaches it", Supported),
     opt("", "repl-drain-timeout-ms", Some("ms"), "on SIGTERM, keep sending pending changes to the peer for at most\nthis long before exiting (default: 10000)", Supported),
     opt("", "repl-backlog-mb", Some("num"), "memory for changes not yet sent to the peer; beyond it the pair\nresyncs in full (default: 64)", Supported),
-    opt("", "repl-copy-share", Some("percent"), "share of this node's time a full copy to the peer may take while\nclients are being served; 100 = no limit (default: 5)", Supported),
+    opt("", "repl-copy-share", Some("percent"), "share of this node's time a full copy to the peer may take while\nclients keep it busy; 100 = no limit (default: 5)", Supported),
 ];
 
 /// Whether an extended (`-o`) option takes a value.

@@ -18,10 +18,10 @@ const PER_KEY: usize = 32;
 /// How long a wake-up of the replication thread may go unanswered before a worker gives up
 /// its core for it (see `overdue`).
 const HANDOFF_NS: u64 = 500_000;
-/// How finely `note_clients` keeps time, and how long after the last client served a node
-/// counts as serving clients.
-const CLIENTS_GRAIN_NS: u64 = 1_000_000;
-const CLIENTS_RECENT_NS: u64 = 10_000_000;
+/// How finely `note_busy` keeps time, and how long after a busy moment a node still counts
+/// as busy with clients.
+const BUSY_GRAIN_NS: u64 = 1_000_000;
+const BUSY_RECENT_NS: u64 = 10_000_000;
 
 /// One shard of pending keys: the keys back to back in one buffer and an index of their
 /// (offset, length) by hash. Workers add keys without an allocation per key, and dropping
@@ -96,9 +96,10 @@ pub struct DirtySet {
     /// When the replication thread was last asked to wake up (monotonic ns since the
     /// process's first reading; 0: it has answered since).
     woken_at: AtomicU64,
-    /// When a worker last served a client (monotonic ns, kept to about a millisecond): a
-    /// full copy to the peer takes only its share of the time while this is recent.
-    clients_at: AtomicU64,
+    /// When a worker last found client work already waiting (monotonic ns, kept to about a
+    /// millisecond): a full copy to the peer takes only its share of the time while this is
+    /// recent.
+    busy_at: AtomicU64,
     waker: OnceLock<mio::Waker>,
     /// Rotates the shard a partial drain starts from, so no shard waits behind others.
     cursor: AtomicUsize,
@@ -117,7 +118,7 @@ impl DirtySet {
             oldest_ms: AtomicU64::new(0),
             armed: AtomicBool::new(true),
             woken_at: AtomicU64::new(0),
-            clients_at: AtomicU64::new(0),
+            busy_at: AtomicU64::new(0),
             waker: OnceLock::new(),
             cursor: AtomicUsize::new(0),
         }
@@ -213,20 +214,21 @@ impl DirtySet {
         }
     }
 
-    /// A worker calls this after serving a client connection.
-    pub fn note_clients(&self) {
+    /// A worker calls this when its poll found client work already waiting: the core is
+    /// busy with clients, not just touched by an occasional request.
+    pub fn note_busy(&self) {
         let now = mono_ns();
         // Written at most once a millisecond, so the workers do not bounce its cache line.
-        if now.saturating_sub(self.clients_at.load(Ordering::Relaxed)) >= CLIENTS_GRAIN_NS {
-            self.clients_at.store(now, Ordering::Relaxed);
+        if now.saturating_sub(self.busy_at.load(Ordering::Relaxed)) >= BUSY_GRAIN_NS {
+            self.busy_at.store(now, Ordering::Relaxed);
         }
     }
 
-    /// True when a worker served a client within the last few milliseconds.
-    pub fn clients_active(&self) -> bool {
-        match self.clients_at.load(Ordering::Relaxed) {
+    /// True when a worker was busy with clients within the last few milliseconds.
+    pub fn clients_busy(&self) -> bool {
+        match self.busy_at.load(Ordering::Relaxed) {
             0 => false,
-            t => mono_ns().saturating_sub(t) < CLIENTS_RECENT_NS,
+            t => mono_ns().saturating_sub(t) < BUSY_RECENT_NS,
         }
     }
 

@@ -36,7 +36,7 @@ pub struct ReplConfig {
     pub secret: Option<Vec<u8>>,
     /// How long a stopping node keeps sending pending changes to its peer.
     pub drain_timeout: Duration,
-    /// Percent of the time a full copy to the peer may take while clients are being served.
+    /// Percent of the time a full copy to the peer may take while clients keep the node busy.
     pub copy_share: u8,
 }
 

@@ -74,7 +74,7 @@ pub struct Node {
     backoff: Duration,
     next_heartbeat: Instant,
     copy: Option<Copy>,
-    /// Keeps a copy to its share of the time while clients are being served.
+    /// Keeps a copy to its share of the time while clients keep the node busy.
     pace: CopyPace,
     /// The copy has used its share: it resumes at this time.
     copy_paused_until: Option<Instant>,
@@ -1059,7 +1059,7 @@ impl Node {
                 .fetch_add(sent, Ordering::Relaxed);
         }
         self.copy_paused_until = None;
-        let clients = self.repl.dirty.clients_active();
+        let clients = self.repl.dirty.clients_busy();
         let room = match self
             .copy
             .as_ref()

@@ -1,5 +1,5 @@
 //! How much of a serving node's time a full copy to the peer may take. With no client
-//! traffic the copy runs flat out; while clients are being served it gets a share of the
+//! traffic the copy runs flat out; while clients keep the node busy it gets a share of the
 //! time (`--repl-copy-share`), so a peer joining or resyncing does not take the node away
 //! from its clients.
 

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
@@ -47,6 +47,9 @@ enum Step {
     Close,
 }
 
+/// A poll that returned work within this long found it already waiting.
+const BUSY_POLL: Duration = Duration::from_micros(20);
+
 pub struct Worker {
     poll: Poll,
     rx: Receiver<Conn>,
@@ -88,6 +91,7 @@ impl Worker {
             } else {
                 Some(Duration::ZERO)
             };
+            let polled = Instant::now();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("worker poll failed: {e}");
@@ -96,6 +100,13 @@ impl Worker {
             }
             if self.shared.shutdown.load(Ordering::SeqCst) {
                 break;
+            }
+            // Work that was already waiting when the worker looked for it means clients
+            // are waiting for this core: a full copy to the peer then takes only its share.
+            if polled.elapsed() < BUSY_POLL && (!events.is_empty() || !self.ready.is_empty()) {
+                if let Some(r) = self.shared.repl.as_ref() {
+                    r.dirty.note_busy();
+                }
             }
             for ev in events.iter() {
                 if ev.token() == WAKE {
@@ -107,13 +118,13 @@ impl Worker {
                         }
                     }
                     self.drive(ev.token().0);
-                    self.after_serving();
+                    self.yield_if_replication_waits();
                 }
             }
             for _ in 0..self.ready.len() {
                 if let Some(idx) = self.ready.pop_front() {
                     self.drive(idx);
-                    self.after_serving();
+                    self.yield_if_replication_waits();
                 }
             }
             if idle_check.is_some() {
@@ -128,14 +139,9 @@ impl Worker {
     /// Gives the core to the replication thread when it has waited for it too long (see
     /// `DirtySet::overdue`). Checked after every connection, not every poll round: a round
     /// over 50 busy pipelining connections can take a millisecond.
-    ///
-    /// Also tells replication that clients are being served (see `DirtySet::note_clients`).
-    fn after_serving(&self) {
-        if let Some(r) = self.shared.repl.as_ref() {
-            r.dirty.note_clients();
-            if r.dirty.overdue() {
-                std::thread::yield_now();
-            }
+    fn yield_if_replication_waits(&self) {
+        if self.shared.repl.as_ref().is_some_and(|r| r.dirty.overdue()) {
+            std::thread::yield_now();
         }
     }
 
