@@ -7,9 +7,9 @@
 use super::item;
 
 /// Class sizes step by this many bytes.
-pub(crate) const GRAIN: usize = 4;
+const GRAIN: usize = 4;
 /// Largest item kept in a class.
-pub(crate) const MAX_CLASSED: usize = 254 * GRAIN;
+const MAX_CLASSED: usize = 254 * GRAIN;
 /// A handle is a page number and a chunk number in the page.
 const CHUNK_BITS: u32 = 8;
 const CHUNK_MASK: u32 = (1 << CHUNK_BITS) - 1;

@@ -486,9 +486,9 @@ impl Shard {
     }
 
     /// Swaps a slot's buffer for `data` (same key), keeping its bits and LRU place.
-    /// Returns the old buffer's cost and payload, or None when there is no room for the
-    /// new buffer (the old one stays).
-    fn swap_buffer(&mut self, i: u32, data: Box<[u8]>) -> Option<(usize, u64)> {
+    /// Returns the old buffer's cost, or None when there is no room for the new buffer
+    /// (the old one stays).
+    fn swap_buffer(&mut self, i: u32, data: Box<[u8]>) -> Option<usize> {
         let new_cost = item::cost(&data);
         let new_req = item::payload_len(&data) as u64;
         let old_h = self.slots.get(i as usize).filter(|s| s.live())?.h;
@@ -503,7 +503,7 @@ impl Shard {
         }
         self.bytes = self.bytes + new_cost - old_cost;
         self.requested = self.requested + new_req - old_req;
-        Some((old_cost, old_req))
+        Some(old_cost)
     }
 
     /// Swaps in a new buffer for the same key, moving the item to the MRU end. Returns the
@@ -511,7 +511,7 @@ impl Shard {
     /// arena has no page number left (see `arena::MAX_PAGES`).
     pub(crate) fn replace(&mut self, i: u32, data: Box<[u8]>) -> Option<usize> {
         let was_tomb = self.slot(i).is_some_and(|s| s.is_tombstone());
-        let (old_cost, _) = self.swap_buffer(i, data)?;
+        let old_cost = self.swap_buffer(i, data)?;
         if let Some(s) = self.slots.get_mut(i as usize) {
             s.set_bits(0);
         }
