@@ -275,6 +275,41 @@ fn a_black_holed_link_is_detected_by_heartbeats() {
     );
 }
 
+/// Changes written to a link that swallows them (the link still looks up) were sent but
+/// never acknowledged: when the silence takes the link down they must be sent again.
+#[test]
+fn changes_sent_into_a_black_hole_are_sent_again() {
+    if skip() {
+        return;
+    }
+    let p = Pair::start(&[]);
+    let mut ca = p.a.connect();
+    p.set_links(Mode::BlackHole);
+    let mut keys = Vec::new();
+    for i in 0..300 {
+        assert_eq!(
+            cmd(
+                &mut ca,
+                &format!("set hole{i} 0 0 3\r\nv{:02}\r\n", i % 100)
+            ),
+            "STORED\r\n"
+        );
+        keys.push(format!("hole{i}"));
+    }
+    assert!(
+        p.wait_state("down", Duration::from_secs(5)),
+        "silence not detected"
+    );
+    p.set_links(Mode::Pass);
+    assert!(
+        p.wait_converged(Duration::from_secs(15)),
+        "no convergence after the link came back"
+    );
+    let (sa, sb) = (snapshot(&p.a, &keys), snapshot(&p.b, &keys));
+    assert!(sa.iter().all(Option::is_some));
+    assert_eq!(sa, sb, "B lacks changes that went into the black hole");
+}
+
 #[test]
 fn a_throttled_link_does_not_slow_clients_or_grow_memory() {
     if skip() {

@@ -7,9 +7,10 @@ use std::sync::{Mutex, OnceLock};
 
 use hashbrown::HashTable;
 
+use super::changelog::{keys_of as log_keys_of, StateLogs};
 use crate::clock::wall_ms;
 use crate::stats::lock;
-use crate::storage::{ChangeSink, FlushState};
+use crate::storage::{ChangeSink, FlushState, StateRef};
 
 const SHARDS: usize = 64;
 
@@ -103,6 +104,9 @@ pub struct DirtySet {
     waker: OnceLock<mio::Waker>,
     /// Rotates the shard a partial drain starts from, so no shard waits behind others.
     cursor: AtomicUsize,
+    /// Changes already encoded while a link streams (see `changelog.rs`); the keys above are
+    /// the rest.
+    logs: StateLogs,
 }
 
 impl DirtySet {
@@ -121,6 +125,43 @@ impl DirtySet {
             busy_at: AtomicU64::new(0),
             waker: OnceLock::new(),
             cursor: AtomicUsize::new(0),
+            logs: StateLogs::default(),
+        }
+    }
+
+    /// Whether changes go to the logs as frames (a link is up) or to the key set.
+    pub fn set_streaming(&self, on: bool) {
+        self.logs.set_streaming(on);
+    }
+
+    /// Takes the encoded changes, as (frames bytes, frame count).
+    pub fn take_logs(&self, out: &mut Vec<(Vec<u8>, usize)>) {
+        self.logs.take(out);
+        if self.pending_keys() == 0 {
+            self.oldest_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns a buffer from `take_logs` once its frames are acknowledged or re-recorded.
+    pub fn recycle(&self, buf: Vec<u8>) {
+        self.logs.recycle(buf);
+    }
+
+    /// Records the keys of the frames in `buf` (from `take_logs`) as pending, and returns
+    /// the buffer: the link that was to carry them is gone.
+    pub fn requeue_frames(&self, buf: Vec<u8>) {
+        log_keys_of(&buf, |k| {
+            self.add(k);
+        });
+        self.recycle(buf);
+    }
+
+    /// Moves what the logs hold back to the key set (the link went down).
+    pub fn unlog(&self) {
+        let mut out = Vec::new();
+        self.logs.take(&mut out);
+        for (buf, _) in out {
+            self.requeue_frames(buf);
         }
     }
 
@@ -304,8 +345,9 @@ impl DirtySet {
         self.overflowed.swap(false, Ordering::AcqRel)
     }
 
+    /// Changes not yet sent: keys recorded, plus frames in the logs.
     pub fn pending_keys(&self) -> usize {
-        self.keys.load(Ordering::SeqCst)
+        self.keys.load(Ordering::SeqCst) + self.logs.frames()
     }
 
     pub fn pending_bytes(&self) -> usize {
@@ -335,8 +377,12 @@ fn mono_ns() -> u64 {
 }
 
 impl ChangeSink for DirtySet {
-    fn changed(&self, key: &[u8]) {
-        self.add(key);
+    fn changed(&self, key: &[u8], state: Option<&StateRef>) {
+        if state.is_some_and(|st| self.logs.append(st)) {
+            self.noted();
+        } else {
+            self.add(key);
+        }
     }
 
     fn flushed(&self, st: FlushState) {

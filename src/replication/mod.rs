@@ -2,6 +2,7 @@
 //! heartbeats, and the `repl_*` statistics. Runs on its own thread with its own mio::Poll.
 
 pub mod auth;
+mod changelog;
 mod dirty;
 mod link;
 mod node;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::changelog::encode_state;
 use crate::protocol::repl::{decode, encode, Frame, PROTOCOL_VERSION};
-use crate::storage::{Applied, CopyCursor, FlushState, RemoteState, StateRef, Store};
+use crate::storage::{Applied, CopyCursor, FlushState, RemoteState, Store};
 
 use super::auth::{self, Side};
 use super::link::{Link, PeerHello, ReadResult};
@@ -100,6 +101,12 @@ pub struct Node {
     /// whatever was still in buffers or in flight never reached the peer.
     sent: u64,
     unacked: VecDeque<(u64, Box<[u8]>)>,
+    /// Log buffers sent on the active link, kept until acknowledged: (the count of the
+    /// last frame in it, its frames, the bytes).
+    unacked_logs: VecDeque<(u64, usize, Vec<u8>)>,
+    unacked_log_frames: usize,
+    /// Logs taken for sending (reused).
+    taken: Vec<(Vec<u8>, usize)>,
     unacked_flush: Option<(u64, FlushState)>,
     /// Data frames received on the active link (acknowledged back every ACK_EVERY).
     received: u64,
@@ -195,6 +202,9 @@ impl Node {
             copy_end: None,
             sent: 0,
             unacked: VecDeque::new(),
+            unacked_logs: VecDeque::new(),
+            unacked_log_frames: 0,
+            taken: Vec::new(),
             unacked_flush: None,
             received: 0,
             acked: 0,
@@ -244,7 +254,7 @@ impl Node {
             }
             let unsent = self.links[i].as_ref().map_or(0, Link::pending_output);
             let queued = unsent > 0 || self.copy.is_some() || !self.repl.dirty.is_empty();
-            let unacked = self.unacked.len() + usize::from(self.unacked_flush.is_some());
+            let unacked = self.unacked_count() + usize::from(self.unacked_flush.is_some());
             if !queued && unacked == 0 {
                 log::info!("replication drained; exiting");
                 return;
@@ -423,6 +433,9 @@ impl Node {
             // next link starts another.
             self.copy = None;
             self.copy_end = None;
+            // Changes go back to the key set, which coalesces them while the peer is away.
+            self.repl.dirty.set_streaming(false);
+            self.repl.dirty.unlog();
             self.requeue_unacked();
             if self.receiving.take().is_some() {
                 log::warn!("full copy from the peer interrupted; it restarts on reconnect");
@@ -452,7 +465,7 @@ impl Node {
         // Unacknowledged changes and a copy in progress are pending work too: a broken
         // link sends them again.
         let pending = self.repl.dirty.pending_keys() as u64
-            + self.unacked.len() as u64
+            + self.unacked_count() as u64
             + u64::from(self.copy.is_some());
         if let Some(l) = self.links[a].as_mut() {
             let frame = Frame::Heartbeat {
@@ -464,12 +477,21 @@ impl Node {
         }
     }
 
+    /// Changes sent on the active link and not acknowledged yet.
+    fn unacked_count(&self) -> usize {
+        self.unacked.len() + self.unacked_log_frames
+    }
+
     /// Puts back what the lost link carried without acknowledgement, so it is sent again.
     fn requeue_unacked(&mut self) {
-        let n = self.unacked.len();
+        let n = self.unacked_count();
         for (_, key) in self.unacked.drain(..) {
             self.repl.dirty.add(&key);
         }
+        for (_, _, buf) in self.unacked_logs.drain(..) {
+            self.repl.dirty.requeue_frames(buf);
+        }
+        self.unacked_log_frames = 0;
         if let Some((_, f)) = self.unacked_flush.take() {
             self.repl.dirty.add_flush(f);
         }
@@ -794,9 +816,19 @@ impl Node {
                 while self.unacked.front().is_some_and(|(n, _)| *n <= received) {
                     self.unacked.pop_front();
                 }
+                while self
+                    .unacked_logs
+                    .front()
+                    .is_some_and(|(n, ..)| *n <= received)
+                {
+                    if let Some((_, frames, buf)) = self.unacked_logs.pop_front() {
+                        self.unacked_log_frames -= frames;
+                        repl.dirty.recycle(buf);
+                    }
+                }
                 repl.stats
                     .unacked
-                    .store(self.unacked.len() as u64, Ordering::Relaxed);
+                    .store(self.unacked_count() as u64, Ordering::Relaxed);
                 if self.unacked_flush.is_some_and(|(n, _)| n <= received) {
                     self.unacked_flush = None;
                 }
@@ -942,6 +974,10 @@ impl Node {
             // carry every key's current state, so what is pending here is covered.
             self.repl.dirty.clear();
             self.unacked.clear();
+            for (_, _, buf) in self.unacked_logs.drain(..) {
+                self.repl.dirty.recycle(buf);
+            }
+            self.unacked_log_frames = 0;
             self.unacked_flush = None;
             self.unsynced = false;
         } else if self.copy_owed || self.unsynced {
@@ -977,6 +1013,7 @@ impl Node {
         } else {
             self.repl.set_state(LinkState::Connected);
         }
+        self.repl.dirty.set_streaming(true);
         self.next_heartbeat = Instant::now();
     }
 
@@ -1040,6 +1077,15 @@ impl Node {
                 self.unacked_flush = Some((self.sent, f));
             }
             let mut sent = 0u64;
+            // Changes the workers encoded go first, copied as they are.
+            self.repl.dirty.take_logs(&mut self.taken);
+            for (buf, frames) in self.taken.drain(..) {
+                link.wbuf.extend_from_slice(&buf);
+                sent += frames as u64;
+                self.sent += frames as u64;
+                self.unacked_log_frames += frames;
+                self.unacked_logs.push_back((self.sent, frames, buf));
+            }
             for key in self.keys.drain(..) {
                 let wbuf = &mut link.wbuf;
                 let found = self.store.read_state(&key, now, |st| {
@@ -1051,7 +1097,7 @@ impl Node {
                     self.unacked.push_back((self.sent, key));
                 }
             }
-            let unacked = self.unacked.len() as u64;
+            let unacked = (self.unacked.len() + self.unacked_log_frames) as u64;
             self.repl.stats.unacked.store(unacked, Ordering::Relaxed);
             self.repl
                 .stats
@@ -1167,28 +1213,4 @@ fn begin_copy(repl: &Replicator, store: &Store, wbuf: &mut Vec<u8>) -> (Copy, u6
         items: 0,
     };
     (copy, frames)
-}
-
-fn encode_state(st: &StateRef, out: &mut Vec<u8>) {
-    match st {
-        StateRef::Live(it) => encode(
-            &Frame::State {
-                version: it.version,
-                flags: it.flags,
-                exptime: it.exptime,
-                meta: it.repl_bits,
-                key: it.key,
-                counter: it.counter,
-                value: it.value,
-            },
-            out,
-        ),
-        StateRef::Tombstone { key, version } => encode(
-            &Frame::Tombstone {
-                version: *version,
-                key,
-            },
-            out,
-        ),
-    }
 }

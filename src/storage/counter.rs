@@ -286,7 +286,7 @@ impl Store {
                 sh.set_exptime(i, exptime);
             }
             sh.bump(i);
-            self.notify(key);
+            self.notify(sh, hash, key);
             return Step::Done(Some(v));
         }
         // Where memcached would have written in place, the item keeps its state bits.

@@ -227,7 +227,7 @@ impl Store {
             Self::touch_access(sh, i, now);
         }
         if changed {
-            self.notify(key);
+            self.notify(sh, self.hash(key).0, key);
         }
         r
     }
@@ -294,7 +294,7 @@ impl Store {
         };
         if !opts.invalidate && !opts.remove_value {
             self.unlink_versioned(&mut sh, i, now, version);
-            self.notify(key);
+            self.notify(&mut sh, hash, key);
             return DeleteOutcome::Done;
         }
         let old_bits = s.bits();
@@ -330,7 +330,7 @@ impl Store {
         if grow {
             sh.set_exptime(i, exptime);
         }
-        self.notify(key);
+        self.notify(&mut sh, hash, key);
         DeleteOutcome::Done
     }
 
@@ -426,7 +426,7 @@ impl Store {
                 sh.set_exptime(i, exptime);
             }
             sh.bump(i);
-            self.notify(key);
+            self.notify(sh, hash, key);
         } else {
             let data = item::build(
                 key,

@@ -33,11 +33,11 @@ pub enum StoreCmd {
     Cas,
 }
 
-/// Receives the key of every successful mutation, so replication can send the key's
-/// current state later. Called while the key's shard is locked: it must not block and
-/// must not call back into the store.
+/// Hears of every successful mutation, with the key's state once the change is complete
+/// (None if the key is gone), so replication can send it. Called while the key's shard is
+/// locked: it must not block and must not call back into the store.
 pub trait ChangeSink: Send + Sync {
-    fn changed(&self, key: &[u8]);
+    fn changed(&self, key: &[u8], state: Option<&StateRef>);
 
     /// A `flush_all` changed the flush watermarks (called without any shard lock).
     fn flushed(&self, _state: FlushState) {}

@@ -192,7 +192,7 @@ fn merge(s: shard::Slot<'_>, st: &RemoteState) -> Option<Merged> {
     })
 }
 
-fn state_of<'a>(store: &Store, s: shard::Slot<'a>) -> StateRef<'a> {
+pub(super) fn state_of<'a>(store: &Store, s: shard::Slot<'a>) -> StateRef<'a> {
     if s.is_tombstone() {
         StateRef::Tombstone {
             key: s.key(),

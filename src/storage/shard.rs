@@ -303,6 +303,37 @@ pub(crate) struct Shard {
     /// Key + value bytes of this shard's items.
     pub requested: u64,
     pub c: Counters,
+    /// Keys changed under the current lock, reported to the change sink when the lock is
+    /// released (see `store::ShardGuard`): by then the change is complete, bits and all.
+    notes: Notes,
+}
+
+/// Changed keys back to back, with their hashes.
+#[derive(Default)]
+pub(crate) struct Notes {
+    keys: Vec<u8>,
+    spans: Vec<(u64, u32)>,
+}
+
+impl Notes {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Visits the (hash, key) pairs in the order they were noted.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, &[u8])) {
+        let mut off = 0usize;
+        for &(hash, len) in &self.spans {
+            let end = off + len as usize;
+            f(hash, self.keys.get(off..end).unwrap_or_default());
+            off = end;
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.keys.clear();
+        self.spans.clear();
+    }
 }
 
 impl Shard {
@@ -320,7 +351,28 @@ impl Shard {
             bytes: 0,
             requested: 0,
             c: Counters::default(),
+            notes: Notes::default(),
         }
+    }
+
+    /// Records that `key` changed, for the change sink.
+    pub(crate) fn note(&mut self, hash: u64, key: &[u8]) {
+        self.notes.keys.extend_from_slice(key);
+        self.notes.spans.push((hash, key.len() as u32));
+    }
+
+    pub(crate) fn has_notes(&self) -> bool {
+        !self.notes.is_empty()
+    }
+
+    /// Takes the noted keys; `give_back_notes` returns the emptied buffers for reuse.
+    pub(crate) fn take_notes(&mut self) -> Notes {
+        std::mem::take(&mut self.notes)
+    }
+
+    pub(crate) fn give_back_notes(&mut self, mut n: Notes) {
+        n.clear();
+        self.notes = n;
     }
 
     pub(crate) fn slot(&self, i: u32) -> Option<Slot<'_>> {

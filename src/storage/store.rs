@@ -221,6 +221,33 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A locked shard. Changes noted while it is held go to the change sink on release.
+pub(super) struct ShardGuard<'a> {
+    sh: MutexGuard<'a, Shard>,
+    store: &'a Store,
+}
+
+impl std::ops::Deref for ShardGuard<'_> {
+    type Target = Shard;
+    fn deref(&self) -> &Shard {
+        &self.sh
+    }
+}
+
+impl std::ops::DerefMut for ShardGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Shard {
+        &mut self.sh
+    }
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        if self.sh.has_notes() {
+            self.store.report(&mut self.sh);
+        }
+    }
+}
+
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding a shard lock cannot leave the shard half-linked in a way
     // that breaks memory safety; keep serving rather than poisoning the whole cache.
@@ -336,14 +363,36 @@ impl Store {
         (h, ((h >> 32) as usize) & self.shard_mask)
     }
 
-    pub(super) fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[i & self.shard_mask])
+    pub(super) fn shard(&self, i: usize) -> ShardGuard<'_> {
+        ShardGuard {
+            sh: lock(&self.shards[i & self.shard_mask]),
+            store: self,
+        }
     }
 
-    pub(super) fn notify(&self, key: &[u8]) {
-        if let Some(s) = &self.sink {
-            s.changed(key);
+    /// Notes a change to `key` for the change sink, which hears of it, with the key's
+    /// state, when the shard's lock is released.
+    pub(super) fn notify(&self, sh: &mut Shard, hash: u64, key: &[u8]) {
+        if self.sink.is_some() {
+            sh.note(hash, key);
         }
+    }
+
+    /// Reports the keys noted in `sh` to the sink, each with its state now. The lookups
+    /// find lines the change has just touched: far cheaper than the replication thread
+    /// looking every key up again later, from another core.
+    fn report(&self, sh: &mut Shard) {
+        let notes = sh.take_notes();
+        if let Some(sink) = &self.sink {
+            notes.for_each(|hash, key| {
+                let st = sh
+                    .find(hash, key)
+                    .and_then(|i| sh.slot(i))
+                    .map(|s| super::repl::state_of(self, s));
+                sink.changed(key, st.as_ref());
+            });
+        }
+        sh.give_back_notes(notes);
     }
 
     pub(super) fn release(&self, bytes: usize) {
@@ -629,7 +678,7 @@ impl Store {
                 }
                 let r = sh.slot(i).map(|s| f(&self.item_ref(s)));
                 Self::touch_access(&mut sh, i, now);
-                self.notify(key);
+                self.notify(&mut sh, hash, key);
                 (Lookup::Hit, r)
             }
         }
@@ -648,7 +697,7 @@ impl Store {
             Err(_) => false,
             Ok(i) => {
                 self.unlink_local(&mut sh, i, now);
-                self.notify(key);
+                self.notify(&mut sh, hash, key);
                 true
             }
         }
@@ -703,7 +752,7 @@ impl Store {
                 let now = (self.hlc.now_ms() / 1000) as u32;
                 self.unlink_local(&mut sh, i, now);
                 if self.pair {
-                    self.notify(key);
+                    self.notify(&mut sh, hash, key);
                 }
                 true
             }
@@ -979,7 +1028,7 @@ impl Store {
             }
         }
         if origin != Origin::Remote {
-            self.notify(key);
+            self.notify(sh, hash, key);
         }
         Step::Done(true)
     }

@@ -664,7 +664,7 @@ struct Recorder {
     flushes: Mutex<Vec<FlushState>>,
 }
 impl ChangeSink for Recorder {
-    fn changed(&self, key: &[u8]) {
+    fn changed(&self, key: &[u8], _state: Option<&StateRef>) {
         if let Ok(mut k) = self.keys.lock() {
             k.push(key.to_vec());
         }
@@ -776,4 +776,55 @@ fn bytes_per_item_measurement() {
         after,
         after as f64 / f64::from(n)
     );
+}
+
+/// Keeps what the sink was told about each change: key, version, replicated bits, value
+/// (None for a tombstone).
+#[derive(Default)]
+struct StateRecorder {
+    seen: Mutex<Vec<(Vec<u8>, u64, u8, Option<Vec<u8>>)>>,
+}
+impl ChangeSink for StateRecorder {
+    fn changed(&self, key: &[u8], state: Option<&StateRef>) {
+        let rec = match state {
+            Some(StateRef::Live(it)) => (
+                key.to_vec(),
+                it.version,
+                it.repl_bits,
+                Some(it.value.to_vec()),
+            ),
+            Some(StateRef::Tombstone { version, .. }) => (key.to_vec(), *version, 0, None),
+            None => (key.to_vec(), 0, 0, None),
+        };
+        if let Ok(mut s) = self.seen.lock() {
+            s.push(rec);
+        }
+    }
+}
+
+#[test]
+fn change_sink_gets_each_change_complete() {
+    let rec = Arc::new(StateRecorder::default());
+    let s = store_with(cfg(1 << 20, 2))
+        .replicated()
+        .with_change_sink(rec.clone());
+    // The binary-key bit is set after the item is linked: the sink must see it.
+    let opts = WriteOpts {
+        key_binary: true,
+        ..WriteOpts::default()
+    };
+    let (out, cas) = s.store_with(StoreCmd::Set, b"k", 0, 0, b"v1", 0, NOW, &opts);
+    assert_eq!(out, StoreOutcome::Stored);
+    assert!(s.delete(b"k", NOW));
+    let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].0, b"k");
+    assert_eq!(seen[0].1, cas, "the version the client was shown");
+    assert_eq!(seen[0].2 & shard::BIT_KEY_BINARY, shard::BIT_KEY_BINARY);
+    assert_eq!(seen[0].3.as_deref(), Some(&b"v1"[..]));
+    assert!(
+        seen[1].1 > cas,
+        "the deletion's tombstone orders after the item"
+    );
+    assert_eq!(seen[1].3, None);
 }

@@ -1,0 +1,273 @@
+//! Changes already encoded as replication frames by the threads that made them, one log per
+//! writer thread, waiting for the replication thread to put them on the link.
+//!
+//! A worker encodes a change while the key's lines are still in its cache, so the
+//! replication thread only copies bytes to the socket instead of looking every key up again
+//! from another core. The logs are bounded: a full log (the link is behind) or a link that
+//! is down makes the change fall back to the keyed pending set, which coalesces.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::protocol::repl::{decode, encode, Frame};
+use crate::stats::lock;
+use crate::storage::StateRef;
+
+/// Bytes a log may hold before changes fall back to the keyed set. The replication thread
+/// empties the logs at every wake-up, so they reach this only when the link is behind.
+const LOG_CAP: usize = 256 * 1024;
+/// Logs, shared round-robin by the threads that write (workers, mostly).
+const LOGS: usize = 16;
+/// Emptied buffers kept for reuse, and the largest capacity worth keeping.
+const SPARES: usize = 2 * LOGS;
+const SPARE_MAX_CAP: usize = 2 * LOG_CAP;
+
+#[derive(Default)]
+struct Log {
+    buf: Vec<u8>,
+    frames: usize,
+}
+
+pub struct StateLogs {
+    logs: Box<[Mutex<Log>]>,
+    /// Frames in all logs together.
+    frames: AtomicUsize,
+    /// Set while a peer link is up and exchanging changes.
+    streaming: AtomicBool,
+    spares: Mutex<Vec<Vec<u8>>>,
+}
+
+thread_local! {
+    static MY_LOG: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn my_log() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    MY_LOG.with(|c| {
+        if c.get() == usize::MAX {
+            c.set(NEXT.fetch_add(1, Ordering::Relaxed) % LOGS);
+        }
+        c.get()
+    })
+}
+
+impl Default for StateLogs {
+    fn default() -> Self {
+        StateLogs {
+            logs: (0..LOGS).map(|_| Mutex::new(Log::default())).collect(),
+            frames: AtomicUsize::new(0),
+            streaming: AtomicBool::new(false),
+            spares: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl StateLogs {
+    pub fn set_streaming(&self, on: bool) {
+        self.streaming.store(on, Ordering::SeqCst);
+    }
+
+    /// Appends `st` to the calling thread's log. False when no link is streaming or the
+    /// log is full: the caller records the key instead.
+    pub fn append(&self, st: &StateRef) -> bool {
+        if !self.streaming.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut log = lock(&self.logs[my_log()]);
+        if log.buf.len() >= LOG_CAP {
+            return false;
+        }
+        encode_state(st, &mut log.buf);
+        log.frames += 1;
+        // Counted under the log's lock, so a concurrent `take` never subtracts a frame
+        // before it was added. SeqCst pairs with the wake-up flag (see `DirtySet::noted`).
+        self.frames.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Frames waiting in the logs.
+    pub fn frames(&self) -> usize {
+        self.frames.load(Ordering::SeqCst)
+    }
+
+    /// Moves every non-empty log to `out` as (bytes, frames), leaving empty buffers behind.
+    pub fn take(&self, out: &mut Vec<(Vec<u8>, usize)>) {
+        if self.frames() == 0 {
+            return;
+        }
+        for l in self.logs.iter() {
+            let mut log = lock(l);
+            if log.frames == 0 {
+                continue;
+            }
+            let spare = lock(&self.spares).pop().unwrap_or_default();
+            let buf = std::mem::replace(&mut log.buf, spare);
+            let n = std::mem::take(&mut log.frames);
+            self.frames.fetch_sub(n, Ordering::SeqCst);
+            drop(log);
+            out.push((buf, n));
+        }
+    }
+
+    /// Returns a buffer from `take` once its frames are no longer needed.
+    pub fn recycle(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > SPARE_MAX_CAP {
+            return;
+        }
+        buf.clear();
+        let mut spares = lock(&self.spares);
+        if spares.len() < SPARES {
+            spares.push(buf);
+        }
+    }
+}
+
+/// Appends the frame that carries `st` to `out`.
+pub fn encode_state(st: &StateRef, out: &mut Vec<u8>) {
+    match st {
+        StateRef::Live(it) => encode(
+            &Frame::State {
+                version: it.version,
+                flags: it.flags,
+                exptime: it.exptime,
+                meta: it.repl_bits,
+                key: it.key,
+                counter: it.counter,
+                value: it.value,
+            },
+            out,
+        ),
+        StateRef::Tombstone { key, version } => encode(
+            &Frame::Tombstone {
+                version: *version,
+                key,
+            },
+            out,
+        ),
+    }
+}
+
+/// Visits the key of every state in `buf`, frames written by `encode_state`: what a
+/// broken link must send again.
+pub fn keys_of(mut buf: &[u8], mut f: impl FnMut(&[u8])) {
+    while let Ok(Some((frame, n))) = decode(buf) {
+        match frame {
+            Frame::State { key, .. } | Frame::Tombstone { key, .. } => f(key),
+            _ => {}
+        }
+        buf = buf.get(n..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ItemRef;
+
+    fn live(key: &[u8], value: &[u8]) -> StateRef<'static> {
+        let key: &'static [u8] = Box::leak(key.into());
+        let value: &'static [u8] = Box::leak(value.into());
+        StateRef::Live(ItemRef {
+            key,
+            value,
+            flags: 3,
+            exptime: 0,
+            version: 9,
+            cas: 9,
+            last_access: 0,
+            fetched: false,
+            repl_bits: 0,
+            counter: None,
+        })
+    }
+
+    #[test]
+    fn appends_only_while_streaming_and_below_the_cap() {
+        let l = StateLogs::default();
+        assert!(
+            !l.append(&live(b"a", b"1")),
+            "no link: the key set records it"
+        );
+        l.set_streaming(true);
+        assert!(l.append(&live(b"a", b"1")));
+        assert!(l.append(&StateRef::Tombstone {
+            key: b"b",
+            version: 4
+        }));
+        assert_eq!(l.frames(), 2);
+        let big = vec![7u8; LOG_CAP];
+        assert!(l.append(&live(b"c", &big)), "one frame may cross the cap");
+        assert!(!l.append(&live(b"d", b"1")), "a full log refuses");
+        let mut out = Vec::new();
+        l.take(&mut out);
+        assert_eq!(l.frames(), 0);
+        let frames: usize = out.iter().map(|(_, n)| n).sum();
+        assert_eq!(frames, 3);
+        let mut keys = Vec::new();
+        for (buf, _) in &out {
+            keys_of(buf, |k| keys.push(k.to_vec()));
+        }
+        assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        for (buf, _) in out {
+            l.recycle(buf);
+        }
+        assert!(l.append(&live(b"d", b"1")), "the log has room again");
+    }
+
+    #[test]
+    fn frames_decode_to_the_states_encoded() {
+        let mut buf = Vec::new();
+        encode_state(&live(b"key", b"value"), &mut buf);
+        let Ok(Some((
+            Frame::State {
+                key,
+                value,
+                flags,
+                version,
+                ..
+            },
+            n,
+        ))) = decode(&buf)
+        else {
+            panic!("not a state frame");
+        };
+        assert_eq!(
+            (key, value, flags, version),
+            (&b"key"[..], &b"value"[..], 3, 9)
+        );
+        assert_eq!(n, buf.len());
+    }
+
+    #[test]
+    fn threads_write_their_own_logs_and_take_sees_every_frame() {
+        let l = std::sync::Arc::new(StateLogs::default());
+        l.set_streaming(true);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let l = std::sync::Arc::clone(&l);
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let k = format!("t{t}-{i}");
+                        assert!(l.append(&live(k.as_bytes(), b"v")));
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut seen = 0;
+        for t in threads {
+            l.take(&mut out);
+            let _ = t.join();
+        }
+        l.take(&mut out);
+        for (buf, n) in &out {
+            let mut k = 0;
+            keys_of(buf, |_| k += 1);
+            assert_eq!(k, *n);
+            seen += n;
+        }
+        assert_eq!(seen, 2000);
+        assert_eq!(l.frames(), 0);
+    }
+}
