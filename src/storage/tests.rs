@@ -778,11 +778,13 @@ fn bytes_per_item_measurement() {
     );
 }
 
-/// Keeps what the sink was told about each change: key, version, replicated bits, value
-/// (None for a tombstone).
+/// What the sink was told about a change: key, version, replicated bits, value (None for
+/// a tombstone).
+type Told = (Vec<u8>, u64, u8, Option<Vec<u8>>);
+
 #[derive(Default)]
 struct StateRecorder {
-    seen: Mutex<Vec<(Vec<u8>, u64, u8, Option<Vec<u8>>)>>,
+    seen: Mutex<Vec<Told>>,
 }
 impl ChangeSink for StateRecorder {
     fn changed(&self, key: &[u8], state: Option<&StateRef>) {
