@@ -4,7 +4,7 @@
 //! a class is a page of its own (its own heap allocation). Everything here runs under the
 //! shard's lock.
 
-use super::item;
+use super::item::{self, NewItem};
 
 /// Class sizes step by this many bytes.
 const GRAIN: usize = 4;
@@ -188,17 +188,18 @@ impl Arena {
         Some(h)
     }
 
-    /// Stores an item buffer. None when the shard has no page number left for it.
-    pub(crate) fn put(&mut self, data: Box<[u8]>) -> Option<Handle> {
-        if let Some(c) = class_of(data.len()) {
+    /// Stores an item. None when the shard has no page number left for it.
+    pub(crate) fn put<'a>(&mut self, item: impl Into<NewItem<'a>>) -> Option<Handle> {
+        let item = item.into();
+        let len = item.len();
+        if let Some(c) = class_of(len) {
             if let Some(h) = self.take(c) {
-                let dst = self.chunk_mut(h)?.get_mut(..data.len())?;
-                dst.copy_from_slice(&data);
+                item.write(self.chunk_mut(h)?.get_mut(..len)?);
                 return Some(h);
             }
         }
         let n = self.new_page(Page {
-            buf: data,
+            buf: item.into_box(),
             class: BIG,
             draining: false,
         })?;
@@ -215,30 +216,41 @@ impl Arena {
         page.buf.get_mut(a..b)
     }
 
-    /// Puts `data` where `h`'s buffer is when it belongs there (the same class, or both
+    /// Puts `item` where `h`'s buffer is when it belongs there (the same class, or both
     /// big), which saves a free and an allocation on the common overwrite of a key with a
-    /// value of similar size. Gives `data` back otherwise.
-    pub(crate) fn overwrite(&mut self, h: Handle, data: Box<[u8]>) -> Result<(), Box<[u8]>> {
+    /// value of similar size; a big item of the same length is written over the old one.
+    /// Gives `item` back otherwise. A draft's parts must not lie in `h`'s buffer.
+    pub(crate) fn overwrite<'a>(
+        &mut self,
+        h: Handle,
+        item: impl Into<NewItem<'a>>,
+    ) -> Result<(), NewItem<'a>> {
+        let item = item.into();
         let (n, j) = split(h);
         let Some(page) = self.pages.get_mut(n) else {
-            return Err(data);
+            return Err(item);
         };
-        match class_of(data.len()) {
+        let len = item.len();
+        match class_of(len) {
+            None if page.class == BIG && page.buf.len() == len => {
+                item.write(&mut page.buf);
+                Ok(())
+            }
             None if page.class == BIG => {
-                page.buf = data;
+                page.buf = item.into_box();
                 Ok(())
             }
             Some(c) if c == page.class => {
                 let (a, _) = page.chunk_range(j);
-                match page.buf.get_mut(a..a + data.len()) {
+                match page.buf.get_mut(a..a + len) {
                     Some(dst) => {
-                        dst.copy_from_slice(&data);
+                        item.write(dst);
                         Ok(())
                     }
-                    None => Err(data),
+                    None => Err(item),
                 }
             }
-            _ => Err(data),
+            _ => Err(item),
         }
     }
 
@@ -451,6 +463,13 @@ mod tests {
             "big to big: in place"
         );
         assert_eq!(a.get(h3).len(), 5001);
+        let at = a.get(h3).as_ptr();
+        assert!(a.overwrite(h3, buf(5001, 8)).is_ok());
+        assert_eq!(
+            (a.get(h3).as_ptr(), a.get(h3)[4000]),
+            (at, 8),
+            "big of the same length: written over, no new allocation"
+        );
         assert_eq!(a.free(h1, 0), None);
         assert_eq!(a.put(buf(149, 4)), Some(h1), "a freed chunk is reused");
         assert_eq!(a.free(h3, 0), None);

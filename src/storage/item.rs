@@ -38,25 +38,166 @@ pub(crate) fn build(
     flags: u32,
     time: u32,
 ) -> Box<[u8]> {
-    let vlen: usize = value_parts.iter().map(|p| p.len()).sum();
-    let long = exptime != 0 || flags != 0;
-    let hdr = if long { HDR_LONG } else { HDR_SHORT };
-    let len = hdr + key.len() + vlen;
-    let mut v = Vec::with_capacity(len);
-    let word = (len as u32 & !LONG) | if long { LONG } else { 0 };
-    v.extend_from_slice(&word.to_le_bytes());
-    v.extend_from_slice(&time.to_le_bytes());
-    v.extend_from_slice(&version.to_le_bytes());
-    if long {
-        v.extend_from_slice(&exptime.to_le_bytes());
-        v.extend_from_slice(&flags.to_le_bytes());
+    Draft {
+        key,
+        parts: value_parts,
+        version,
+        exptime,
+        flags,
+        time,
     }
-    v.extend_from_slice(key);
-    for p in value_parts {
-        v.extend_from_slice(p);
+    .build()
+}
+
+/// An item's fields before it has a buffer: written straight into the chunk it will live
+/// in, which saves building it in a heap buffer first (an allocation, a copy and a free
+/// per write). Its parts must not lie in the buffer it is written to.
+#[derive(Clone, Copy)]
+pub(crate) struct Draft<'a> {
+    pub key: &'a [u8],
+    pub parts: &'a [&'a [u8]],
+    pub version: u64,
+    pub exptime: u32,
+    pub flags: u32,
+    pub time: u32,
+}
+
+impl Draft<'_> {
+    fn long(&self) -> bool {
+        self.exptime != 0 || self.flags != 0
     }
-    // Capacity equals length, so this does not reallocate.
-    v.into_boxed_slice()
+
+    fn hdr(&self) -> usize {
+        if self.long() {
+            HDR_LONG
+        } else {
+            HDR_SHORT
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.hdr() + self.key.len() + self.parts.iter().map(|p| p.len()).sum::<usize>()
+    }
+
+    /// Key and value bytes.
+    pub(crate) fn payload_len(&self) -> usize {
+        self.len() - self.hdr()
+    }
+
+    /// What [`cost`] says of the built item.
+    pub(crate) fn cost(&self) -> usize {
+        cost_of_len(self.len() + HDR_SHORT - self.hdr())
+    }
+
+    fn header(&self) -> ([u8; HDR_LONG], usize) {
+        let mut h = [0u8; HDR_LONG];
+        let long = self.long();
+        let word = (self.len() as u32 & !LONG) | if long { LONG } else { 0 };
+        h[OFF_LEN..OFF_LEN + 4].copy_from_slice(&word.to_le_bytes());
+        h[OFF_TIME..OFF_TIME + 4].copy_from_slice(&self.time.to_le_bytes());
+        h[OFF_VERSION..OFF_VERSION + 8].copy_from_slice(&self.version.to_le_bytes());
+        if long {
+            h[OFF_EXPTIME..OFF_EXPTIME + 4].copy_from_slice(&self.exptime.to_le_bytes());
+            h[OFF_FLAGS..OFF_FLAGS + 4].copy_from_slice(&self.flags.to_le_bytes());
+        }
+        (h, self.hdr())
+    }
+
+    /// Writes the item into `dst`, which must be exactly [`Draft::len`] bytes long
+    /// (anything else is left untouched).
+    pub(crate) fn write(&self, dst: &mut [u8]) {
+        if dst.len() != self.len() {
+            return;
+        }
+        let (h, n) = self.header();
+        let (head, mut rest) = dst.split_at_mut(n);
+        head.copy_from_slice(&h[..n]);
+        for part in std::iter::once(&self.key).chain(self.parts) {
+            let (d, r) = rest.split_at_mut(part.len());
+            d.copy_from_slice(part);
+            rest = r;
+        }
+    }
+
+    pub(crate) fn build(&self) -> Box<[u8]> {
+        let (h, n) = self.header();
+        let mut v = Vec::with_capacity(self.len());
+        v.extend_from_slice(&h[..n]);
+        v.extend_from_slice(self.key);
+        for p in self.parts {
+            v.extend_from_slice(p);
+        }
+        // Capacity equals length, so this does not reallocate.
+        v.into_boxed_slice()
+    }
+}
+
+/// A new item for a slot: already built, or a draft written in place.
+pub(crate) enum NewItem<'a> {
+    Built(Box<[u8]>),
+    Draft(Draft<'a>),
+}
+
+impl From<Box<[u8]>> for NewItem<'_> {
+    fn from(b: Box<[u8]>) -> Self {
+        NewItem::Built(b)
+    }
+}
+
+impl<'a> From<Draft<'a>> for NewItem<'a> {
+    fn from(d: Draft<'a>) -> Self {
+        NewItem::Draft(d)
+    }
+}
+
+impl NewItem<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            NewItem::Built(b) => b.len(),
+            NewItem::Draft(d) => d.len(),
+        }
+    }
+
+    pub(crate) fn cost(&self) -> usize {
+        match self {
+            NewItem::Built(b) => cost(b),
+            NewItem::Draft(d) => d.cost(),
+        }
+    }
+
+    pub(crate) fn payload_len(&self) -> usize {
+        match self {
+            NewItem::Built(b) => payload_len(b),
+            NewItem::Draft(d) => d.payload_len(),
+        }
+    }
+
+    pub(crate) fn set_version(&mut self, v: u64) {
+        match self {
+            NewItem::Built(b) => set_version(b, v),
+            NewItem::Draft(d) => d.version = v,
+        }
+    }
+
+    /// Writes the item into `dst`, exactly [`NewItem::len`] bytes.
+    pub(crate) fn write(&self, dst: &mut [u8]) {
+        match self {
+            NewItem::Built(b) => {
+                if dst.len() == b.len() {
+                    dst.copy_from_slice(b);
+                }
+            }
+            NewItem::Draft(d) => d.write(dst),
+        }
+    }
+
+    /// The item in a buffer of its own.
+    pub(crate) fn into_box(self) -> Box<[u8]> {
+        match self {
+            NewItem::Built(b) => b,
+            NewItem::Draft(d) => d.build(),
+        }
+    }
 }
 
 /// The same item with a new exptime, in the long form (for an item stored without one).
@@ -260,6 +401,31 @@ mod tests {
         assert_eq!(time(&d), 9);
         assert_eq!(key(&d, 3), b"key");
         assert_eq!(value(&d, 3), b"value");
+    }
+
+    #[test]
+    fn a_draft_writes_what_build_builds() {
+        for (exptime, flags) in [(0, 0), (77, 0), (0, 5), (1, 2)] {
+            let d = Draft {
+                key: b"key",
+                parts: &[b"va", b"", b"lue"],
+                version: 42,
+                exptime,
+                flags,
+                time: 9,
+            };
+            let built = d.build();
+            assert_eq!(built.len(), d.len());
+            assert_eq!(d.cost(), cost(&built));
+            assert_eq!(d.payload_len(), payload_len(&built));
+            let mut dst = vec![0xAAu8; d.len()];
+            NewItem::from(d).write(&mut dst);
+            assert_eq!(&dst[..], &built[..]);
+            // A destination of the wrong length is left alone.
+            let mut short = vec![0xAAu8; d.len() - 1];
+            d.write(&mut short);
+            assert!(short.iter().all(|&b| b == 0xAA));
+        }
     }
 
     #[test]

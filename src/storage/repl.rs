@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::counter::{self, Counter};
-use super::item;
+use super::item::{self, NewItem};
 use super::shard::{self, Shard, BIT_COUNTER};
 use super::store::{ItemRef, Origin, Step, Store};
 
@@ -325,7 +325,8 @@ impl Store {
                 }
             }
         }
-        let (data, bits) = match &merged {
+        let parts = [st.value.unwrap_or(&[]), st.counter.unwrap_or(&[])];
+        let (data, bits): (NewItem, u8) = match &merged {
             Some(m) => (
                 item::build(
                     st.key,
@@ -334,27 +335,28 @@ impl Store {
                     m.exptime,
                     m.flags,
                     now,
-                ),
+                )
+                .into(),
                 m.meta | BIT_COUNTER,
             ),
             None => {
-                let value = st.value.unwrap_or(&[]);
-                let trailer = st.counter.unwrap_or(&[]);
                 let bits = st.meta & shard::REPLICATED_BITS;
                 let bits = if st.counter.is_some() {
                     bits | BIT_COUNTER
                 } else {
                     bits
                 };
-                let data = item::build(
-                    st.key,
-                    &[value, trailer],
-                    st.version,
-                    st.exptime,
-                    st.flags,
-                    now,
-                );
-                (data, bits)
+                // The state's bytes are in the link's buffer, never in the store: the
+                // item is written straight into its chunk.
+                let draft = item::Draft {
+                    key: st.key,
+                    parts: &parts,
+                    version: st.version,
+                    exptime: st.exptime,
+                    flags: st.flags,
+                    time: now,
+                };
+                (draft.into(), bits)
             }
         };
         match self.link(sh, st.key, hash, cur, data, now, credit, Origin::Remote) {

@@ -2,6 +2,7 @@
 //! shard's counters. Everything here runs under the shard's lock; the store owns locking,
 //! global memory accounting and cross-shard eviction.
 
+use super::item::NewItem;
 use super::{arena, counter, hlc, index, item};
 use std::hash::BuildHasher;
 
@@ -501,9 +502,15 @@ impl Shard {
 
     /// Links a new item (the key must be absent). Returns its slot, or None when the arena
     /// is at its index limit. The caller has reserved its cost.
-    pub(crate) fn insert(&mut self, hash: u64, data: Box<[u8]>, klen: usize) -> Option<u32> {
-        let cost = item::cost(&data);
-        let req = item::payload_len(&data) as u64;
+    pub(crate) fn insert<'a>(
+        &mut self,
+        hash: u64,
+        data: impl Into<NewItem<'a>>,
+        klen: usize,
+    ) -> Option<u32> {
+        let data = data.into();
+        let cost = data.cost();
+        let req = data.payload_len() as u64;
         if self.free == NIL && self.slots.len() >= MAX_SLOTS {
             return None;
         }
@@ -537,12 +544,14 @@ impl Shard {
         Some(i)
     }
 
-    /// Swaps a slot's buffer for `data` (same key), keeping its bits and LRU place.
+    /// Swaps a slot's buffer for `data` (same key), keeping its bits and LRU place; a
+    /// draft must not be made of the slot's own bytes (it may be written over them).
     /// Returns the old buffer's cost, or None when there is no room for the new buffer
     /// (the old one stays).
-    fn swap_buffer(&mut self, i: u32, data: Box<[u8]>) -> Option<usize> {
-        let new_cost = item::cost(&data);
-        let new_req = item::payload_len(&data) as u64;
+    fn swap_buffer<'a>(&mut self, i: u32, data: impl Into<NewItem<'a>>) -> Option<usize> {
+        let data = data.into();
+        let new_cost = data.cost();
+        let new_req = data.payload_len() as u64;
         let old_h = self.slots.get(i as usize).filter(|s| s.live())?.h;
         let old = self.arena.get(old_h);
         let (old_cost, old_req) = (item::cost(old), item::payload_len(old) as u64);
@@ -561,7 +570,7 @@ impl Shard {
     /// Swaps in a new buffer for the same key, moving the item to the MRU end. Returns the
     /// accounted bytes released by the old buffer, or None (and nothing changed) when the
     /// arena has no page number left (see `arena::MAX_PAGES`).
-    pub(crate) fn replace(&mut self, i: u32, data: Box<[u8]>) -> Option<usize> {
+    pub(crate) fn replace<'a>(&mut self, i: u32, data: impl Into<NewItem<'a>>) -> Option<usize> {
         let was_tomb = self.slot(i).is_some_and(|s| s.is_tombstone());
         let old_cost = self.swap_buffer(i, data)?;
         if let Some(s) = self.slots.get_mut(i as usize) {

@@ -2,7 +2,7 @@
 //! versioned items, global memory accounting, LRU eviction, expiry and flush.
 
 use super::hlc::{self, ClockFn, Hlc};
-use super::item::{self, realtime};
+use super::item::{self, realtime, Draft, NewItem};
 use super::shard::{
     self, Dead, FlushView, KeyHasher, Shard, BIT_ACTIVE, BIT_FETCHED, BIT_KEY_BINARY, BIT_STALE,
     BIT_WIN_SENT, NIL,
@@ -918,9 +918,18 @@ impl Store {
             }
             (StoreCmd::Set | StoreCmd::Replace, _) | (StoreCmd::Add, None) => None,
         };
-        let mut data = match new_data {
-            Some(d) => d,
-            None => item::build(key, &[w.value], 0, exp, w.flags, now),
+        let parts = [w.value];
+        let mut data: NewItem = match new_data {
+            Some(d) => d.into(),
+            None => Draft {
+                key,
+                parts: &parts,
+                version: 0,
+                exptime: exp,
+                flags: w.flags,
+                time: now,
+            }
+            .into(),
         };
         let slot = found.or(tomb);
         let origin = match opts.version {
@@ -935,7 +944,7 @@ impl Store {
                 if v <= cur {
                     return not(StoreOutcome::Exists);
                 }
-                item::set_version(&mut data, v);
+                data.set_version(v);
                 Origin::LocalVersioned
             }
         };
@@ -980,18 +989,19 @@ impl Store {
     /// Installs `data` for `key`, replacing slot `old` if given. `origin` says where the
     /// version comes from and whether replication hears of the change.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn link(
+    pub(super) fn link<'a>(
         &self,
         sh: &mut Shard,
         key: &[u8],
         hash: u64,
         old: Option<u32>,
-        mut data: Box<[u8]>,
+        data: impl Into<NewItem<'a>>,
         now: u32,
         credit: &mut usize,
         origin: Origin,
     ) -> Step<bool> {
-        let new_cost = item::cost(&data);
+        let mut data = data.into();
+        let new_cost = data.cost();
         let old_cost = old.and_then(|i| sh.slot(i)).map(|s| s.cost()).unwrap_or(0);
         let old_version = old
             .and_then(|i| sh.slot(i))
@@ -1006,7 +1016,7 @@ impl Store {
             return Step::Done(false);
         }
         if origin == Origin::Local {
-            item::set_version(&mut data, self.version_after(old_version));
+            data.set_version(self.version_after(old_version));
         }
         match old {
             Some(i) => {
