@@ -73,6 +73,10 @@ pub struct Hlc {
     /// Changes only when the peer turns out to use the same id (see `set_node`).
     node: AtomicU8,
     last: AtomicU64,
+    /// The highest version `observe` accepted as is at its last reading of the clock. The
+    /// cap only grows with time, so a version below it is below the current one too: a
+    /// peer's stream of new versions costs no clock reading per state.
+    cap: AtomicU64,
     clock: ClockFn,
 }
 
@@ -96,6 +100,7 @@ impl Hlc {
         Hlc {
             node: AtomicU8::new(node),
             last: AtomicU64::new(0),
+            cap: AtomicU64::new(0),
             clock,
         }
     }
@@ -142,7 +147,11 @@ impl Hlc {
         if remote <= self.last.load(Ordering::Acquire) {
             return;
         }
-        let cap = version_floor_at_unix_ms(self.now_ms().saturating_add(MAX_OBSERVED_LEAD_MS));
+        let mut cap = self.cap.load(Ordering::Relaxed);
+        if remote > cap {
+            cap = version_floor_at_unix_ms(self.now_ms().saturating_add(MAX_OBSERVED_LEAD_MS));
+            self.cap.fetch_max(cap, Ordering::Relaxed);
+        }
         self.last.fetch_max(remote.min(cap), Ordering::AcqRel);
     }
 
@@ -249,6 +258,28 @@ mod tests {
         let before = a.last();
         a.observe(b.next());
         assert_eq!(a.last(), before);
+    }
+
+    #[test]
+    fn observed_versions_are_capped_at_the_lead_as_the_clock_moves() {
+        let start = EPOCH_UNIX_MS + 1_000;
+        let (t, clock) = manual(start);
+        let a = Hlc::with_clock(1, clock);
+        let lead = |ms: u64| version_floor_at_unix_ms(ms + MAX_OBSERVED_LEAD_MS);
+        // Within the lead: taken as is.
+        let near = lead(start) - (1 << 20);
+        a.observe(near);
+        assert_eq!(a.last(), near);
+        // Far beyond: taken only up to the lead.
+        a.observe(u64::MAX - 1);
+        assert_eq!(a.last(), lead(start));
+        // Later, the cap has moved with the clock: a version the old cap refused is taken.
+        set_ms(&t, start + 60_000);
+        let later = lead(start + 30_000);
+        a.observe(later);
+        assert_eq!(a.last(), later);
+        a.observe(u64::MAX - 1);
+        assert_eq!(a.last(), lead(start + 60_000));
     }
 
     #[test]
