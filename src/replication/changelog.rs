@@ -15,8 +15,11 @@ use crate::stats::lock;
 use crate::storage::StateRef;
 
 /// Bytes a log may hold before changes fall back to the keyed set. The replication thread
-/// empties the logs at every wake-up, so they reach this only when the link is behind.
-const LOG_CAP: usize = 256 * 1024;
+/// empties the logs at every wake-up, so they reach this only when the link is behind, or
+/// when large values pile up between two wake-ups: a worker may go 0.5 ms without yielding
+/// to the replication thread (`DirtySet::overdue`), which is 250 KB at 120,000 sets of 4 KiB
+/// a second.
+const LOG_CAP: usize = 1 << 20;
 /// Logs, shared round-robin by the threads that write (workers, mostly).
 const LOGS: usize = 16;
 /// Emptied buffers kept for reuse, and the largest capacity worth keeping.
