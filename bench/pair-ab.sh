@@ -58,31 +58,15 @@ stop_all() {
 }
 trap stop_all EXIT
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-    local port try
-    for try in $(seq 1 50); do
-        port=$((20000 + RANDOM % 12000))
-        port_open "$port" || { echo "$port"; return 0; }
-    done
-    echo "pair-ab.sh: no free port" >&2
-    exit 1
-}
-link_state() {
-    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf "stats\r\nquit\r\n" >&3; cat <&3' \
-        _ "$1" 2>/dev/null | tr -d '\r' | awk '$2 == "repl_link_state" {print $3}' || true
-}
-cpu_ticks() {
-    local stat rest f
-    stat=$(<"/proc/$1/stat")
-    rest=${stat##*) }
-    read -ra f <<<"$rest"
-    echo $((f[11] + f[12]))
-}
+die() { echo "pair-ab.sh: $*" >&2; exit 1; }
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+link_state() { stat_field "$(stats_of "$1")" repl_link_state; }
 
-# run_pair BUILD: one measured run; prints "ops node1_ticks peer_ticks".
+# run_pair BUILD: one measured run; prints "ops all_ops node1_ticks peer_ticks" (ops: in
+# the measured phase, for the rate; all_ops: every reply of the run, for CPU per op).
 run_pair() {
-    local bin=$1 p1 p2 r1 r2 n1 n2 i t1 t2 u1 u2 ops
+    local bin=$1 p1 p2 r1 r2 n1 n2 i t1 t2 u1 u2 line
     p1=$(free_port); p2=$(free_port); r1=$(free_port); r2=$(free_port)
     taskset -c "$SERVER_CPUS" "$bin" -p "$p1" -l 127.0.0.1 -t 1 -m 1024 -c 1024 "${USER_FLAG[@]}" \
         -X "$r1" -x "127.0.0.1:$r2" >/dev/null 2>&1 &
@@ -99,11 +83,13 @@ run_pair() {
         --get-ratio "$GET_RATIO" --keys "$KEYS" --key-size 32 --output kv)
     timeout 60 taskset -c "$CLIENT_CPUS" "$MCLOAD" "${load[@]}" --preload --ops 0 >/dev/null
     t1=$(cpu_ticks "$n1"); t2=$(cpu_ticks "$n2")
-    ops=$(timeout $((DURATION + 30)) taskset -c "$CLIENT_CPUS" "$MCLOAD" "${load[@]}" \
-        --duration "$DURATION" | tr ' ' '\n' | awk -F= '$1 == "ops" {print $2}')
+    line=$(timeout $((DURATION + 30)) taskset -c "$CLIENT_CPUS" "$MCLOAD" "${load[@]}" \
+        --duration "$DURATION" | tr ' ' '\n') || true
     u1=$(cpu_ticks "$n1"); u2=$(cpu_ticks "$n2")
     stop_all
-    echo "${ops:-0} $((u1 - t1)) $((u2 - t2))"
+    echo "$(awk -F= '$1 == "ops" {print $2}' <<<"$line" | grep . || echo 0)" \
+        "$(awk -F= '$1 == "all_ops" {print $2}' <<<"$line" | grep . || echo 0)" \
+        "$((u1 - t1)) $((u2 - t2))"
 }
 
 RAW=$(mktemp)
@@ -120,11 +106,11 @@ import statistics as st, sys
 raw, hz, dur = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 runs = {}
 for line in open(raw):
-    b, ops, t1, t2 = line.split()
-    ops = int(ops)
-    if ops == 0:
+    b, ops, all_ops, t1, t2 = line.split()
+    ops, all_ops = int(ops), int(all_ops)
+    if ops == 0 or all_ops == 0:
         continue
-    us = lambda t: int(t) * 1e6 / hz / ops
+    us = lambda t: int(t) * 1e6 / hz / all_ops
     runs.setdefault(b, []).append((ops / dur, us(t1), us(t2)))
 for b, v in runs.items():
     m = lambda i: st.median(x[i] for x in v)

@@ -139,6 +139,9 @@ done
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "# $*" >&2; }
+# port_open, free_port, cpu_ticks, stats_of, stat_field (shared with pair-ab.sh).
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 
 want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 [[ $SCENARIOS =~ ^[1-5,]*$ ]] || die "--scenarios takes numbers 1-5 separated by commas"
@@ -206,7 +209,6 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # start_server NAME MEM ARGV... : sets SRV_PID and SRV_PORT.
 start_server() {
@@ -235,18 +237,6 @@ start_server() {
     die "$name would not start; see $OUT/$name.log"
 }
 
-# A port nothing listens on now (the server may still lose a race for it; callers check).
-# Below the kernel's ephemeral range (32768-60999 by default): a port from that range can
-# be taken between the check and the bind by any outgoing connection, such as one node
-# dialling its peer.
-free_port() {
-    local port try
-    for try in $(seq 1 50); do
-        port=$((20000 + RANDOM % 12000))
-        port_open "$port" || { echo "$port"; return 0; }
-    done
-    die "no free port found"
-}
 
 # start_bg NAME PORT MEM ARGV... : starts a server without waiting for its client port,
 # for a node whose port opens only after its start-up copy. Sets BG_PID.
@@ -297,14 +287,6 @@ start_pair() {
     wait_link "$N1_PORT" "$N2_PORT" || die "$name: the pair did not link up; see $OUT/$name-node*.log"
 }
 
-cpu_ticks() {
-    local stat rest f
-    stat=$(<"/proc/$1/stat")
-    rest=${stat##*) }
-    read -ra f <<<"$rest"
-    # Fields 14 and 15 (utime, stime) counted from field 3, the first after the name.
-    echo $((f[11] + f[12]))
-}
 
 # Busy ticks of all CPUs together, from /proc/stat (user nice system irq softirq steal).
 busy_ticks() {
@@ -315,12 +297,6 @@ busy_ticks() {
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-stats_of() {
-    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf "stats\r\nquit\r\n" >&3; cat <&3' \
-        _ "$1" 2>/dev/null | tr -d '\r' || true
-}
-
-stat_field() { awk -v k="$2" '$1 == "STAT" && $2 == k {print $3}' <<<"$1"; }
 
 # ---- load -----------------------------------------------------------------------------
 
