@@ -22,9 +22,10 @@ use crate::storage::StateRef;
 const LOG_CAP: usize = 1 << 20;
 /// Logs, shared round-robin by the threads that write (workers, mostly).
 const LOGS: usize = 16;
-/// Emptied buffers kept for reuse, and the largest capacity worth keeping.
-const SPARES: usize = 2 * LOGS;
-const SPARE_MAX_CAP: usize = 2 * LOG_CAP;
+/// Emptied buffers are kept for reuse up to this many bytes of capacity in all: enough
+/// for the buffers of a few batches in flight, so steady streaming allocates nothing, while
+/// a burst of large values does not leave its buffers behind for good.
+const SPARE_BYTES: usize = 4 * LOG_CAP;
 
 #[derive(Default)]
 struct Log {
@@ -38,7 +39,14 @@ pub struct StateLogs {
     frames: AtomicUsize,
     /// Set while a peer link is up and exchanging changes.
     streaming: AtomicBool,
-    spares: Mutex<Vec<Vec<u8>>>,
+    spares: Mutex<Spares>,
+}
+
+#[derive(Default)]
+struct Spares {
+    bufs: Vec<Vec<u8>>,
+    /// Capacity of `bufs` together.
+    bytes: usize,
 }
 
 thread_local! {
@@ -61,7 +69,7 @@ impl Default for StateLogs {
             logs: (0..LOGS).map(|_| Mutex::new(Log::default())).collect(),
             frames: AtomicUsize::new(0),
             streaming: AtomicBool::new(false),
-            spares: Mutex::new(Vec::new()),
+            spares: Mutex::new(Spares::default()),
         }
     }
 }
@@ -104,7 +112,12 @@ impl StateLogs {
             if log.frames == 0 {
                 continue;
             }
-            let spare = lock(&self.spares).pop().unwrap_or_default();
+            let spare = {
+                let mut sp = lock(&self.spares);
+                let b = sp.bufs.pop().unwrap_or_default();
+                sp.bytes -= b.capacity();
+                b
+            };
             let buf = std::mem::replace(&mut log.buf, spare);
             let n = std::mem::take(&mut log.frames);
             self.frames.fetch_sub(n, Ordering::SeqCst);
@@ -115,13 +128,11 @@ impl StateLogs {
 
     /// Returns a buffer from `take` once its frames are no longer needed.
     pub fn recycle(&self, mut buf: Vec<u8>) {
-        if buf.capacity() > SPARE_MAX_CAP {
-            return;
-        }
         buf.clear();
-        let mut spares = lock(&self.spares);
-        if spares.len() < SPARES {
-            spares.push(buf);
+        let mut sp = lock(&self.spares);
+        if sp.bytes + buf.capacity() <= SPARE_BYTES {
+            sp.bytes += buf.capacity();
+            sp.bufs.push(buf);
         }
     }
 }
@@ -216,6 +227,26 @@ mod tests {
             l.recycle(buf);
         }
         assert!(l.append(&live(b"d", b"1")), "the log has room again");
+    }
+
+    #[test]
+    fn kept_spare_buffers_stay_within_their_byte_budget() {
+        let l = StateLogs::default();
+        for _ in 0..10 {
+            l.recycle(Vec::with_capacity(LOG_CAP));
+        }
+        let sp = lock(&l.spares);
+        assert_eq!(sp.bufs.len(), SPARE_BYTES / LOG_CAP);
+        assert_eq!(sp.bytes, sp.bufs.iter().map(Vec::capacity).sum::<usize>());
+        assert!(sp.bytes <= SPARE_BYTES);
+        drop(sp);
+        // Taking a log swaps a spare in, and the count follows.
+        l.set_streaming(true);
+        assert!(l.append(&live(b"a", b"1")));
+        let mut out = Vec::new();
+        l.take(&mut out);
+        let sp = lock(&l.spares);
+        assert_eq!(sp.bytes, sp.bufs.iter().map(Vec::capacity).sum::<usize>());
     }
 
     #[test]
