@@ -498,6 +498,66 @@ mod tests {
         assert_eq!(d.pending_bytes(), 0);
     }
 
+    fn live<'a>(key: &'a [u8], value: &'a [u8]) -> StateRef<'a> {
+        StateRef::Live(crate::storage::ItemRef {
+            key,
+            value,
+            flags: 0,
+            exptime: 0,
+            version: 1,
+            cas: 1,
+            last_access: 0,
+            fetched: false,
+            repl_bits: 0,
+            counter: None,
+        })
+    }
+
+    #[test]
+    fn changes_go_to_the_logs_while_streaming_and_to_the_keys_when_a_log_is_full() {
+        let d = DirtySet::new(1 << 20);
+        let value = vec![b'v'; 4000];
+        d.changed(b"before", Some(&live(b"before", &value)));
+        assert_eq!(
+            d.pending_bytes(),
+            b"before".len() + PER_KEY,
+            "no link: keyed"
+        );
+        d.set_streaming(true);
+        // About 4 KB per frame: a 1 MiB log refuses after some 260 of them.
+        let keys: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            d.changed(k.as_bytes(), Some(&live(k.as_bytes(), &value)));
+        }
+        let keyed = d.keys.load(Ordering::SeqCst);
+        assert!(
+            keyed > 1 && keyed < 200,
+            "the overflow went to the keys: {keyed}"
+        );
+        assert_eq!(d.pending_keys(), 401, "logged frames and keys together");
+        let mut got = Vec::new();
+        let mut taken = Vec::new();
+        d.take_logs(&mut taken);
+        for (buf, _) in &taken {
+            log_keys_of(buf, |k| got.push(k.to_vec()));
+        }
+        let mut drained = Vec::new();
+        d.drain(&mut drained, usize::MAX);
+        got.extend(drained.iter().map(|k| k.to_vec()));
+        got.sort();
+        let mut want: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        want.push(b"before".to_vec());
+        want.sort();
+        assert_eq!(got, want, "every change is either a frame or a key");
+        assert!(d.is_empty());
+        // A broken link puts the frames' keys back.
+        d.changed(b"again", Some(&live(b"again", b"1")));
+        d.set_streaming(false);
+        d.unlog();
+        assert_eq!(d.keys.load(Ordering::SeqCst), 1);
+        assert_eq!(d.logs.frames(), 0);
+    }
+
     #[test]
     fn keeps_the_newest_flush() {
         let d = DirtySet::new(1 << 20);
