@@ -163,6 +163,16 @@ class Node:
         except OSError:
             return None
 
+    def wait_sent(self):
+        """Waits until every change this node made has reached its peer (nothing pending,
+        nothing unacknowledged). A write acknowledged by a node that dies before it left is
+        lost by design (docs/REPLICATION.md, "What asynchronous replication can lose"), so a
+        test that kills a node and expects its writes on the peer waits for this first."""
+        def sent():
+            r = stats(self.port, "repl")
+            return r.get("repl_pending_keys") == "0" and r.get("repl_unacked_keys") == "0"
+        wait_until("%s to have sent its changes" % self.name, sent, SETTLE_WITHIN)
+
 
 class Pair:
     """Two nodes that are each other's peer."""
