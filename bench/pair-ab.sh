@@ -58,7 +58,13 @@ stop_all() {
 }
 trap stop_all EXIT
 
-die() { echo "pair-ab.sh: $*" >&2; exit 1; }
+# run_pair runs in a command substitution, where the EXIT trap does not fire: stop what it
+# started before leaving.
+die() {
+    stop_all
+    echo "pair-ab.sh: $*" >&2
+    exit 1
+}
 # shellcheck source=bench/common.sh
 source "$ROOT/bench/common.sh"
 link_state() { stat_field "$(stats_of "$1")" repl_link_state; }
@@ -72,13 +78,19 @@ run_pair() {
         -X "$r1" -x "127.0.0.1:$r2" >/dev/null 2>&1 &
     n1=$!; PIDS+=("$n1")
     for i in $(seq 1 100); do port_open "$p1" && break; sleep 0.02; done
+    port_open "$p1" || die "$bin did not open port $p1"
     taskset -c "$SERVER_CPUS" "$bin" -p "$p2" -l 127.0.0.1 -t 1 -m 1024 -c 1024 "${USER_FLAG[@]}" \
         -X "$r2" -x "127.0.0.1:$r1" >/dev/null 2>&1 &
     n2=$!; PIDS+=("$n2")
+    local linked=
     for i in $(seq 1 200); do
-        [ "$(link_state "$p2")" = connected ] && [ "$(link_state "$p1")" = connected ] && break
+        if [ "$(link_state "$p2")" = connected ] && [ "$(link_state "$p1")" = connected ]; then
+            linked=1
+            break
+        fi
         sleep 0.05
     done
+    [ -n "$linked" ] || die "the pair of $bin did not link up"
     local load=(--port "$p1" --conns 50 --pipeline "$PIPELINE" --value-size "$VALUE_SIZE"
         --get-ratio "$GET_RATIO" --keys "$KEYS" --key-size 32 --output kv)
     timeout 60 taskset -c "$CLIENT_CPUS" "$MCLOAD" "${load[@]}" --preload --ops 0 >/dev/null
@@ -95,7 +107,8 @@ run_pair() {
 RAW=$(mktemp)
 for r in $(seq 1 "$ROUNDS"); do
     for b in "$@"; do
-        echo "$b $(run_pair "$b")" >>"$RAW"
+        res=$(run_pair "$b") || exit 1
+        echo "$b $res" >>"$RAW"
     done
 done
 HZ=$(getconf CLK_TCK)
