@@ -35,6 +35,8 @@ const ACK_EVERY: u64 = 1024;
 const DUPLICATE: &str = "duplicate connection";
 /// Longest stretch spent queueing and writing before the loop looks at other events.
 const FILL_SLICE: Duration = Duration::from_millis(20);
+/// Frames whose lookups are started together (see `prefetch_ahead`).
+const PREFETCH_FRAMES: usize = 16;
 /// Bytes read from a link before what arrived is applied.
 const READ_CAP: usize = 1 << 20;
 /// Changed keys taken from the dirty set per step.
@@ -604,7 +606,12 @@ impl Node {
         // One clock reading per batch of frames: a full copy applies a million states in
         // well under a second, and expiry works in whole seconds.
         let now = crate::clock::unix_now();
+        let mut ahead = 0usize;
         loop {
+            if ahead == 0 && link.peer.is_some() {
+                ahead = self.prefetch_ahead(link.split().0);
+            }
+            ahead = ahead.saturating_sub(1);
             let handshaken = link.peer.is_some();
             let my_nonce = link.nonce;
             // A copy, written back only once the frame is consumed: an incomplete frame
@@ -673,6 +680,28 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Starts loading what applying the next frames of `input` will read, so the lookups'
+    /// cache misses overlap; returns how many frames that covered.
+    fn prefetch_ahead(&self, input: &[u8]) -> usize {
+        let mut keys: [&[u8]; PREFETCH_FRAMES] = [&[]; PREFETCH_FRAMES];
+        let (mut off, mut frames, mut n) = (0, 0, 0);
+        while frames < PREFETCH_FRAMES {
+            let Ok(Some((f, used))) = decode(input.get(off..).unwrap_or_default()) else {
+                break;
+            };
+            if let Frame::State { key, .. } | Frame::Tombstone { key, .. } = f {
+                keys[n] = key;
+                n += 1;
+            }
+            off += used;
+            frames += 1;
+        }
+        if n > 1 {
+            self.store.prefetch(&keys[..n]);
+        }
+        frames.max(1)
     }
 
     /// Runs the one-link rule for a link that just completed its handshake; false when this

@@ -37,6 +37,11 @@ impl Index {
         self.e.len()
     }
 
+    /// The bucket a lookup of `hash` reads first.
+    pub(crate) fn home_ptr(&self, hash: u64) -> *const u8 {
+        self.e.as_ptr().wrapping_add(self.home(hash)).cast()
+    }
+
     /// The slot whose entry has this hash and satisfies `is_key`.
     pub(crate) fn find(&self, hash: u64, mut is_key: impl FnMut(u32) -> bool) -> Option<u32> {
         let n = self.e.len();

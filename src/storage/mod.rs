@@ -19,7 +19,7 @@ pub use meta::{ArithOpts, DebugView, DeleteOpts, DeleteOutcome, GetOpts, GetView
 pub use repl::{Applied, CopyCursor, RemoteState, StateRef};
 pub use store::{
     ArithOutcome, FlushState, ItemRef, Lookup, Store, StoreConfig, StoreOutcome, StoreStats,
-    WriteOpts, REAP_BATCH,
+    WriteOpts, PREFETCH_MAX, REAP_BATCH,
 };
 
 /// Which storage command a write carries (memcached's `NREAD_*`).

@@ -28,6 +28,19 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// The links of a lookup's chain that `Shard::warm` loads, in the order they depend on
+/// each other. The arena's page entry between slot and item is left out: warming it cost
+/// one more pass over the keys than it saved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Warm {
+    Bucket,
+    Slot,
+    Item,
+}
+
+/// Bytes of an item `Shard::warm` loads.
+const WARM_ITEM_BYTES: usize = 192;
+
 /// The key hash: foldhash with an explicit seed (see `Store::with_hash_seed`).
 pub(crate) type KeyHasher = foldhash::fast::FixedState;
 
@@ -431,6 +444,35 @@ impl Shard {
                 .get(i as usize)
                 .is_some_and(|s| s.live() && item::key(arena.get(s.h), s.klen()) == key)
         })
+    }
+
+    /// Starts loading one link of the chain a lookup of `hash` reads (see
+    /// `Store::prefetch`); the links before it should be loaded already.
+    pub(crate) fn warm(&self, hash: u64, step: Warm) {
+        if step == Warm::Bucket {
+            prefetch(self.index.home_ptr(hash));
+            return;
+        }
+        // The first entry with the hash's tag: almost always the key's (7-bit tags).
+        let Some(rec) = self
+            .index
+            .find(hash, |_| true)
+            .and_then(|i| self.slots.get(i as usize))
+        else {
+            return;
+        };
+        match step {
+            Warm::Slot => prefetch((rec as *const Rec).cast()),
+            Warm::Item if rec.live() => {
+                // The header and key, and the start of the value that a read copies out
+                // or a write overwrites.
+                let d = self.arena.get(rec.h);
+                for off in (0..d.len().min(WARM_ITEM_BYTES)).step_by(64) {
+                    prefetch(d.as_ptr().wrapping_add(off));
+                }
+            }
+            _ => {}
+        }
     }
 
     /// True when a new item can get a slot (the arena is not at its index limit).

@@ -4,8 +4,8 @@
 use super::hlc::{self, ClockFn, Hlc};
 use super::item::{self, realtime, Draft, NewItem};
 use super::shard::{
-    self, Dead, FlushView, KeyHasher, Shard, BIT_ACTIVE, BIT_FETCHED, BIT_KEY_BINARY, BIT_STALE,
-    BIT_WIN_SENT, NIL,
+    self, Dead, FlushView, KeyHasher, Shard, Warm, BIT_ACTIVE, BIT_FETCHED, BIT_KEY_BINARY,
+    BIT_STALE, BIT_WIN_SENT, NIL,
 };
 use super::{ChangeSink, StoreCmd};
 use std::hash::BuildHasher;
@@ -248,6 +248,9 @@ impl Drop for ShardGuard<'_> {
     }
 }
 
+/// Keys `Store::prefetch` warms at most.
+pub const PREFETCH_MAX: usize = 32;
+
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding a shard lock cannot leave the shard half-linked in a way
     // that breaks memory safety; keep serving rather than poisoning the whole cache.
@@ -367,6 +370,26 @@ impl Store {
         ShardGuard {
             sh: lock(&self.shards[i & self.shard_mask]),
             store: self,
+        }
+    }
+
+    /// Starts loading into the cache what lookups of these keys will read: the index
+    /// bucket of every key, then every key's slot, then every item. A lookup is a chain of
+    /// dependent loads (bucket, slot, page entry, item) that, done one key after the
+    /// other, waits for each cache miss in turn; done a link of every key at a time, the
+    /// misses overlap. Each pass takes the shard's lock, since the next link's address is
+    /// read from the last one. A hint only: nothing observable changes. Up to
+    /// `PREFETCH_MAX` keys are used.
+    pub fn prefetch(&self, keys: &[&[u8]]) {
+        let mut hs = [(0u64, 0usize); PREFETCH_MAX];
+        let n = keys.len().min(PREFETCH_MAX);
+        for (h, k) in hs.iter_mut().zip(keys) {
+            *h = self.hash(k);
+        }
+        for step in [Warm::Bucket, Warm::Slot, Warm::Item] {
+            for &(h, i) in &hs[..n] {
+                lock(&self.shards[i]).warm(h, step);
+            }
         }
     }
 

@@ -830,3 +830,55 @@ fn change_sink_gets_each_change_complete() {
     );
     assert_eq!(seen[1].3, None);
 }
+
+#[test]
+fn prefetch_is_only_a_hint() {
+    // One shard, full: a prefetch that counted as an access would save its keys from
+    // eviction, and one that changed any state would show in the stats or the values.
+    let per = cost_of("k00", "vvvvvvvvvv");
+    let s = store_with(cfg(per * 10, 1));
+    assert_eq!(set(&s, "gone", "x", 0, NOW), StoreOutcome::Stored);
+    assert!(s.delete(b"gone", NOW));
+    for i in 0..10 {
+        assert_eq!(
+            set(&s, &format!("k{i:02}"), "vvvvvvvvvv", 0, NOW + i),
+            StoreOutcome::Stored
+        );
+    }
+    assert_eq!(s.stats(NOW).evictions, 0);
+    let snapshot = |s: &Store| {
+        let st = s.stats(NOW);
+        (
+            gets(s, "k05", NOW),
+            st.curr_items,
+            st.total_items,
+            st.bytes,
+            st.mem_requested,
+        )
+    };
+    let before = snapshot(&s);
+    // Present, absent, deleted and repeated keys, and more keys than one prefetch takes.
+    let names: Vec<String> = (0..PREFETCH_MAX + 8)
+        .map(|i| format!("k{:02}", i % 14))
+        .chain(["gone".into(), String::new()])
+        .collect();
+    let keys: Vec<&[u8]> = names.iter().map(|k| k.as_bytes()).collect();
+    s.prefetch(&keys);
+    s.prefetch(&[]);
+    assert_eq!(snapshot(&s), before);
+    for i in 10..13 {
+        assert_eq!(
+            set(&s, &format!("k{i:02}"), "vvvvvvvvvv", 0, NOW + 30),
+            StoreOutcome::Stored
+        );
+    }
+    // Still strict LRU: k00..k02 went first; k05 was read, so k03, k04 and k06 follow it.
+    for i in 0..3 {
+        assert_eq!(
+            get(&s, &format!("k{i:02}"), NOW + 31),
+            None,
+            "k{i:02} should be evicted"
+        );
+    }
+    assert_eq!(s.stats(NOW + 31).evictions, 3);
+}
