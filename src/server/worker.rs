@@ -10,7 +10,7 @@ use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::protocol::text::{parse, Parsed};
-use crate::protocol::ParseLimits;
+use crate::protocol::{MetaRequest, ParseLimits, Request};
 use crate::stats::{bump, ThreadStats};
 
 use super::conn::{Conn, ReadOutcome};
@@ -307,8 +307,17 @@ impl Worker {
     }
 }
 
+/// Requests parsed (and their keys' lookups started) together before they are executed.
+const BATCH: usize = 16;
+/// Keys of one batch whose lookups are started together.
+const BATCH_KEYS: usize = crate::storage::PREFETCH_MAX;
+
 /// Executes buffered requests until input runs out, the per-wake-up budget is spent, or
 /// output backs up.
+///
+/// Requests are parsed a batch at a time and the keys of a batch are prefetched together
+/// (`Store::prefetch`): a pipelined client's lookups then wait for memory side by side,
+/// where one after the other each would wait for its own chain of cache misses.
 fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize) -> Step {
     let mut touched = false;
     let step = loop {
@@ -325,22 +334,54 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize)
         if *budget == 0 {
             break Step::Yield;
         }
+        let pending = conn.pending_output();
         let (input, out) = conn.io_split();
-        let (req, consumed) = match parse(input, limits) {
-            Parsed::Incomplete => break Step::NeedInput,
-            Parsed::Complete { req, consumed } => (req, consumed),
-        };
-        if log::log_enabled!(log::Level::Debug) {
-            let line = input[..consumed]
-                .split(|&b| b == b'\n')
-                .next()
-                .unwrap_or_default();
-            log::debug!("<{} {}", ctx.fd, String::from_utf8_lossy(line).trim_end());
+        let written = out.len();
+        let mut batch: [Option<(Request, usize)>; BATCH] = [const { None }; BATCH];
+        let mut keys: [&[u8]; BATCH_KEYS] = [&[]; BATCH_KEYS];
+        let (mut parsed, mut nkeys, mut off) = (0, 0, 0);
+        while parsed < BATCH.min(*budget) {
+            let rest = input.get(off..).unwrap_or_default();
+            let Parsed::Complete { req, consumed } = parse(rest, limits) else {
+                break;
+            };
+            nkeys += add_keys(&req, &mut keys[nkeys..]);
+            batch[parsed] = Some((req, consumed));
+            off += consumed;
+            parsed += 1;
         }
-        let after = execute(ctx, req, out);
-        conn.consume(consumed);
+        if parsed == 0 {
+            break Step::NeedInput;
+        }
+        if nkeys > 1 {
+            ctx.shared.store.prefetch(&keys[..nkeys]);
+        }
+        let (mut used, mut after) = (0, After::Continue);
+        for (i, (req, consumed)) in batch
+            .iter_mut()
+            .take(parsed)
+            .filter_map(Option::take)
+            .enumerate()
+        {
+            if i > 0 && pending + (out.len() - written) > OUTPUT_HIGH_WATER {
+                break;
+            }
+            if log::log_enabled!(log::Level::Debug) {
+                let line = input[used..used + consumed]
+                    .split(|&b| b == b'\n')
+                    .next()
+                    .unwrap_or_default();
+                log::debug!("<{} {}", ctx.fd, String::from_utf8_lossy(line).trim_end());
+            }
+            after = execute(ctx, req, out);
+            used += consumed;
+            *budget -= 1;
+            if after != After::Continue {
+                break;
+            }
+        }
+        conn.consume(used);
         touched = true;
-        *budget -= 1;
         match after {
             After::Continue => {}
             After::Swallow(n) => conn.swallow = n,
@@ -351,4 +392,31 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize)
         conn.info.last_cmd.store(ctx.now, Ordering::Relaxed);
     }
     step
+}
+
+/// Puts the keys `req` will look up into `keys` (as many as fit); returns how many.
+fn add_keys<'a>(req: &Request<'a>, keys: &mut [&'a [u8]]) -> usize {
+    let mut n = 0;
+    match *req {
+        Request::Get { keys: list, .. } => {
+            for (slot, k) in keys.iter_mut().zip(crate::protocol::text::keys(list)) {
+                *slot = k;
+                n += 1;
+            }
+        }
+        // A meta key sent in base64 is looked up decoded: warming its encoded form is
+        // wasted, never wrong.
+        Request::Store { key, .. }
+        | Request::Delete { key, .. }
+        | Request::Arith { key, .. }
+        | Request::Touch { key, .. }
+        | Request::Meta(MetaRequest { key, .. }) => {
+            if let Some(slot) = keys.first_mut() {
+                *slot = key;
+                n = 1;
+            }
+        }
+        _ => {}
+    }
+    n
 }

@@ -1,0 +1,93 @@
+//! Pipelined requests: many requests arriving in one write are answered in order, each one
+//! exactly once, including around requests that change how the bytes after them are read
+//! (a refused value's data block, `quit`) and replies that back up the connection's output.
+
+mod common;
+
+use common::{assert_bytes, store_req, Server};
+
+/// The reply to `get` of one key holding `data` (flags 0), with its `END`.
+fn hit(key: &str, data: &[u8]) -> Vec<u8> {
+    common::value_reply(key, 0, data)
+}
+
+#[test]
+fn a_long_pipeline_is_answered_in_order() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let (mut req, mut want) = (Vec::new(), Vec::new());
+    for i in 0..60 {
+        let key = format!("p{i}");
+        let val = format!("value-{i}");
+        req.extend(store_req("set", &key, 0, 0, val.as_bytes()));
+        want.extend_from_slice(b"STORED\r\n");
+        // A read of the key just written, and of one written a few requests back, which
+        // may sit in the same parsed batch as its write.
+        req.extend(format!("get {key}\r\n").bytes());
+        want.extend(hit(&key, val.as_bytes()));
+        if i >= 3 {
+            let old = format!("p{}", i - 3);
+            req.extend(format!("get {old} nosuch{i}\r\n").bytes());
+            // Keys with i % 7 == 0 were deleted, added again and incremented to 5.
+            let now = match (i - 3) % 7 {
+                0 => "5".to_string(),
+                _ => format!("value-{}", i - 3),
+            };
+            want.extend(hit(&old, now.as_bytes()));
+        }
+        if i % 7 == 0 {
+            req.extend(format!("delete {key}\r\nget {key}\r\n").bytes());
+            want.extend_from_slice(b"DELETED\r\nEND\r\n");
+            req.extend(store_req("add", &key, 0, 0, b"0"));
+            want.extend_from_slice(b"STORED\r\n");
+            req.extend(format!("incr {key} 5\r\n").bytes());
+            want.extend_from_slice(b"5\r\n");
+        }
+    }
+    c.send(&req);
+    assert_bytes(&c.read_n(want.len()), &want);
+    assert_bytes(&c.request(b"get p1\r\n"), &hit("p1", b"value-1"));
+}
+
+#[test]
+fn a_refused_value_and_quit_end_the_requests_read_with_them() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    // The refused value is made of request lines: they are data to throw away, never
+    // requests, even when they arrived in the same read as the line before them.
+    let junk = b"get a\r\n".repeat(160_000);
+    let mut req = store_req("set", "a", 0, 0, b"1");
+    req.extend(store_req("set", "big", 0, 0, &junk));
+    req.extend_from_slice(b"get a\r\nquit\r\nget a\r\nset b 0 0 1\r\n2\r\n");
+    c.send(&req);
+    let mut want = b"STORED\r\nSERVER_ERROR object too large for cache\r\n".to_vec();
+    want.extend(hit("a", b"1"));
+    assert_bytes(&c.read_to_eof(), &want);
+    let mut c = s.connect();
+    assert_bytes(&c.request(b"get b\r\n"), b"END\r\n");
+}
+
+#[test]
+fn replies_past_the_output_bound_keep_their_order() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    // 40 replies of 300 kB: a batch of them outgrows the connection's output bound, so
+    // the server stops, writes, and comes back for the rest of the requests it has read.
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_bytes(
+        &c.request(&store_req("set", "big", 0, 0, &big)),
+        b"STORED\r\n",
+    );
+    assert_bytes(
+        &c.request(&store_req("set", "small", 0, 0, b"s")),
+        b"STORED\r\n",
+    );
+    let (mut req, mut want) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        let key = if i % 5 == 4 { "small" } else { "big" };
+        req.extend(format!("get {key}\r\n").bytes());
+        want.extend(hit(key, if key == "big" { &big } else { b"s" }));
+    }
+    c.send(&req);
+    assert_bytes(&c.read_n(want.len()), &want);
+}
