@@ -147,13 +147,12 @@ impl DirtySet {
         self.logs.recycle(buf);
     }
 
-    /// Records the keys of the frames in `buf` (from `take_logs`) as pending, and returns
-    /// the buffer: the link that was to carry them is gone.
-    pub fn requeue_frames(&self, buf: Vec<u8>) {
-        log_keys_of(&buf, |k| {
+    /// Records the keys of the frames in `buf` (from `take_logs`) as pending: the link
+    /// that was to carry them is gone.
+    pub fn requeue_frames(&self, buf: &[u8]) {
+        log_keys_of(buf, |k| {
             self.add(k);
         });
-        self.recycle(buf);
     }
 
     /// Moves what the logs hold back to the key set (the link went down).
@@ -161,7 +160,8 @@ impl DirtySet {
         let mut out = Vec::new();
         self.logs.take(&mut out);
         for (buf, _) in out {
-            self.requeue_frames(buf);
+            self.requeue_frames(&buf);
+            self.recycle(buf);
         }
     }
 

@@ -105,7 +105,7 @@ pub struct Node {
     unacked: VecDeque<(u64, Box<[u8]>)>,
     /// Log buffers sent on the active link, kept until acknowledged: (the count of the
     /// last frame in it, its frames, the bytes).
-    unacked_logs: VecDeque<(u64, usize, Vec<u8>)>,
+    unacked_logs: VecDeque<(u64, usize, Arc<Vec<u8>>)>,
     unacked_log_frames: usize,
     /// Logs taken for sending (reused).
     taken: Vec<(Vec<u8>, usize)>,
@@ -491,7 +491,10 @@ impl Node {
             self.repl.dirty.add(&key);
         }
         for (_, _, buf) in self.unacked_logs.drain(..) {
-            self.repl.dirty.requeue_frames(buf);
+            self.repl.dirty.requeue_frames(&buf);
+            if let Ok(buf) = Arc::try_unwrap(buf) {
+                self.repl.dirty.recycle(buf);
+            }
         }
         self.unacked_log_frames = 0;
         if let Some((_, f)) = self.unacked_flush.take() {
@@ -852,7 +855,11 @@ impl Node {
                 {
                     if let Some((_, frames, buf)) = self.unacked_logs.pop_front() {
                         self.unacked_log_frames -= frames;
-                        repl.dirty.recycle(buf);
+                        // The link let go of it once it was written, which it was: the
+                        // peer has its frames.
+                        if let Ok(buf) = Arc::try_unwrap(buf) {
+                            repl.dirty.recycle(buf);
+                        }
                     }
                 }
                 repl.stats
@@ -1004,7 +1011,9 @@ impl Node {
             self.repl.dirty.clear();
             self.unacked.clear();
             for (_, _, buf) in self.unacked_logs.drain(..) {
-                self.repl.dirty.recycle(buf);
+                if let Ok(buf) = Arc::try_unwrap(buf) {
+                    self.repl.dirty.recycle(buf);
+                }
             }
             self.unacked_log_frames = 0;
             self.unacked_flush = None;
@@ -1106,10 +1115,11 @@ impl Node {
                 self.unacked_flush = Some((self.sent, f));
             }
             let mut sent = 0u64;
-            // Changes the workers encoded go first, copied as they are.
+            // Changes the workers encoded go first, sent as they are.
             self.repl.dirty.take_logs(&mut self.taken);
             for (buf, frames) in self.taken.drain(..) {
-                link.wbuf.extend_from_slice(&buf);
+                let buf = Arc::new(buf);
+                link.push_log(Arc::clone(&buf));
                 sent += frames as u64;
                 self.sent += frames as u64;
                 self.unacked_log_frames += frames;
