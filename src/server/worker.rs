@@ -336,48 +336,54 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize)
         }
         let pending = conn.pending_output();
         let (input, out) = conn.io_split();
-        let written = out.len();
-        let mut batch: [Option<(Request, usize)>; BATCH] = [const { None }; BATCH];
-        let mut keys: [&[u8]; BATCH_KEYS] = [&[]; BATCH_KEYS];
-        let (mut parsed, mut nkeys, mut off) = (0, 0, 0);
-        while parsed < BATCH.min(*budget) {
-            let rest = input.get(off..).unwrap_or_default();
-            let Parsed::Complete { req, consumed } = parse(rest, limits) else {
-                break;
-            };
-            nkeys += add_keys(&req, &mut keys[nkeys..]);
-            batch[parsed] = Some((req, consumed));
-            off += consumed;
-            parsed += 1;
-        }
-        if parsed == 0 {
-            break Step::NeedInput;
-        }
-        if nkeys > 1 {
-            ctx.shared.store.prefetch(&keys[..nkeys]);
-        }
-        let (mut used, mut after) = (0, After::Continue);
-        for (i, (req, consumed)) in batch
-            .iter_mut()
-            .take(parsed)
-            .filter_map(Option::take)
-            .enumerate()
-        {
-            if i > 0 && pending + (out.len() - written) > OUTPUT_HIGH_WATER {
-                break;
-            }
-            if log::log_enabled!(log::Level::Debug) {
-                let line = input[used..used + consumed]
-                    .split(|&b| b == b'\n')
-                    .next()
-                    .unwrap_or_default();
-                log::debug!("<{} {}", ctx.fd, String::from_utf8_lossy(line).trim_end());
-            }
-            after = execute(ctx, req, out);
-            used += consumed;
+        let (first, first_len) = match parse(input, limits) {
+            Parsed::Incomplete => break Step::NeedInput,
+            Parsed::Complete { req, consumed } => (req, consumed),
+        };
+        let (mut used, mut after);
+        if first_len == input.len() || *budget == 1 {
+            // Nothing pipelined behind it: no lookups to overlap.
+            let text = input.get(..first_len).unwrap_or_default();
+            after = execute_logged(ctx, text, first, out);
+            used = first_len;
             *budget -= 1;
-            if after != After::Continue {
-                break;
+        } else {
+            let written = out.len();
+            let mut batch: [Option<(Request, usize)>; BATCH] = [const { None }; BATCH];
+            let mut keys: [&[u8]; BATCH_KEYS] = [&[]; BATCH_KEYS];
+            let mut nkeys = add_keys(&first, &mut keys);
+            batch[0] = Some((first, first_len));
+            let (mut parsed, mut off) = (1, first_len);
+            while parsed < BATCH.min(*budget) {
+                let rest = input.get(off..).unwrap_or_default();
+                let Parsed::Complete { req, consumed } = parse(rest, limits) else {
+                    break;
+                };
+                nkeys += add_keys(&req, &mut keys[nkeys..]);
+                batch[parsed] = Some((req, consumed));
+                off += consumed;
+                parsed += 1;
+            }
+            if nkeys > 1 {
+                ctx.shared.store.prefetch(&keys[..nkeys]);
+            }
+            (used, after) = (0, After::Continue);
+            for (i, (req, consumed)) in batch
+                .iter_mut()
+                .take(parsed)
+                .filter_map(Option::take)
+                .enumerate()
+            {
+                if i > 0 && pending + (out.len() - written) > OUTPUT_HIGH_WATER {
+                    break;
+                }
+                let text = input.get(used..used + consumed).unwrap_or_default();
+                after = execute_logged(ctx, text, req, out);
+                used += consumed;
+                *budget -= 1;
+                if after != After::Continue {
+                    break;
+                }
             }
         }
         conn.consume(used);
@@ -392,6 +398,15 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize)
         conn.info.last_cmd.store(ctx.now, Ordering::Relaxed);
     }
     step
+}
+
+/// Executes one request whose bytes are `text`, logging its line at debug level.
+fn execute_logged(ctx: &Ctx, text: &[u8], req: Request, out: &mut Vec<u8>) -> After {
+    if log::log_enabled!(log::Level::Debug) {
+        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        log::debug!("<{} {}", ctx.fd, String::from_utf8_lossy(line).trim_end());
+    }
+    execute(ctx, req, out)
 }
 
 /// Puts the keys `req` will look up into `keys` (as many as fit); returns how many.
