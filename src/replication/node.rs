@@ -107,8 +107,8 @@ pub struct Node {
     /// whatever was still in buffers or in flight never reached the peer.
     sent: u64,
     unacked: VecDeque<(u64, Box<[u8]>)>,
-    /// Log buffers sent on the active link, kept until acknowledged: (the count of the
-    /// last frame in it, its frames, the bytes).
+    /// Log buffers queued on the active link, kept until acknowledged: (the count of the
+    /// last frame in it, its frames, the bytes, shared with the link until written).
     unacked_logs: VecDeque<(u64, usize, Arc<Vec<u8>>)>,
     unacked_log_frames: usize,
     /// Logs taken for sending (reused).
@@ -618,7 +618,9 @@ impl Node {
         let now = crate::clock::unix_now();
         let mut ahead = 0usize;
         loop {
-            if ahead == 0 && link.peer.is_some() {
+            // A full copy arrives in the sender's shard order, so its lookups already
+            // find their lines in cache: warming them would mostly add locking.
+            if ahead == 0 && link.peer.is_some() && self.receiving.is_none() {
                 ahead = self.prefetch_ahead(link.split().0);
             }
             ahead = ahead.saturating_sub(1);
