@@ -270,6 +270,20 @@ impl Arena {
         }
     }
 
+    /// The chunk (or big buffer) that `h` names, without reading the item in it: for a
+    /// prefetch, which must not wait for the very line it is about to ask for.
+    pub(crate) fn chunk(&self, h: Handle) -> &[u8] {
+        let (n, j) = split(h);
+        let Some(page) = self.pages.get(n) else {
+            return &[];
+        };
+        if page.class == BIG {
+            return &page.buf;
+        }
+        let (a, b) = page.chunk_range(j);
+        page.buf.get(a..b).unwrap_or_default()
+    }
+
     pub(crate) fn get_mut(&mut self, h: Handle) -> &mut [u8] {
         match self.chunk_mut(h) {
             Some(chunk) => {

@@ -465,8 +465,9 @@ impl Shard {
             Warm::Slot => prefetch((rec as *const Rec).cast()),
             Warm::Item if rec.live() => {
                 // The header and key, and the start of the value that a read copies out
-                // or a write overwrites.
-                let d = self.arena.get(rec.h);
+                // or a write overwrites (from the chunk's address: reading the item's
+                // length first would wait for the very line being asked for).
+                let d = self.arena.chunk(rec.h);
                 for off in (0..d.len().min(WARM_ITEM_BYTES)).step_by(64) {
                     prefetch(d.as_ptr().wrapping_add(off));
                 }
