@@ -256,16 +256,9 @@ impl Arena {
 
     /// The buffer of `h`, exactly as long as the item.
     pub(crate) fn get(&self, h: Handle) -> &[u8] {
-        let (n, j) = split(h);
-        let Some(page) = self.pages.get(n) else {
-            return &[];
-        };
-        if page.class == BIG {
-            return &page.buf;
-        }
-        let (a, b) = page.chunk_range(j);
-        match page.buf.get(a..b) {
-            Some(chunk) => chunk.get(..item::stored_len(chunk)).unwrap_or(chunk),
+        match self.locate(h) {
+            Some((buf, true)) => buf,
+            Some((chunk, false)) => chunk.get(..item::stored_len(chunk)).unwrap_or(chunk),
             None => &[],
         }
     }
@@ -273,15 +266,18 @@ impl Arena {
     /// The chunk (or big buffer) that `h` names, without reading the item in it: for a
     /// prefetch, which must not wait for the very line it is about to ask for.
     pub(crate) fn chunk(&self, h: Handle) -> &[u8] {
+        self.locate(h).map_or(&[], |(c, _)| c)
+    }
+
+    /// `h`'s chunk, or its big buffer (then true).
+    fn locate(&self, h: Handle) -> Option<(&[u8], bool)> {
         let (n, j) = split(h);
-        let Some(page) = self.pages.get(n) else {
-            return &[];
-        };
+        let page = self.pages.get(n)?;
         if page.class == BIG {
-            return &page.buf;
+            return Some((&page.buf, true));
         }
         let (a, b) = page.chunk_range(j);
-        page.buf.get(a..b).unwrap_or_default()
+        Some((page.buf.get(a..b)?, false))
     }
 
     pub(crate) fn get_mut(&mut self, h: Handle) -> &mut [u8] {
