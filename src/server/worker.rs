@@ -340,52 +340,15 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize)
             Parsed::Incomplete => break Step::NeedInput,
             Parsed::Complete { req, consumed } => (req, consumed),
         };
-        let (mut used, mut after);
-        if first_len == input.len() || *budget == 1 {
+        let (used, after) = if first_len == input.len() || *budget == 1 {
             // Nothing pipelined behind it: no lookups to overlap.
             let text = input.get(..first_len).unwrap_or_default();
-            after = execute_logged(ctx, text, first, out);
-            used = first_len;
             *budget -= 1;
+            (first_len, execute_logged(ctx, text, first, out))
         } else {
-            let written = out.len();
-            let mut batch: [Option<(Request, usize)>; BATCH] = [const { None }; BATCH];
-            let mut keys: [&[u8]; BATCH_KEYS] = [&[]; BATCH_KEYS];
-            let mut nkeys = add_keys(&first, &mut keys);
-            batch[0] = Some((first, first_len));
-            let (mut parsed, mut off) = (1, first_len);
-            while parsed < BATCH.min(*budget) {
-                let rest = input.get(off..).unwrap_or_default();
-                let Parsed::Complete { req, consumed } = parse(rest, limits) else {
-                    break;
-                };
-                nkeys += add_keys(&req, &mut keys[nkeys..]);
-                batch[parsed] = Some((req, consumed));
-                off += consumed;
-                parsed += 1;
-            }
-            if nkeys > 1 {
-                ctx.shared.store.prefetch(&keys[..nkeys]);
-            }
-            (used, after) = (0, After::Continue);
-            for (i, (req, consumed)) in batch
-                .iter_mut()
-                .take(parsed)
-                .filter_map(Option::take)
-                .enumerate()
-            {
-                if i > 0 && pending + (out.len() - written) > OUTPUT_HIGH_WATER {
-                    break;
-                }
-                let text = input.get(used..used + consumed).unwrap_or_default();
-                after = execute_logged(ctx, text, req, out);
-                used += consumed;
-                *budget -= 1;
-                if after != After::Continue {
-                    break;
-                }
-            }
-        }
+            let room = OUTPUT_HIGH_WATER.saturating_sub(pending);
+            run_batch(ctx, limits, input, out, (first, first_len), budget, room)
+        };
         conn.consume(used);
         touched = true;
         match after {
@@ -398,6 +361,59 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize)
         conn.info.last_cmd.store(ctx.now, Ordering::Relaxed);
     }
     step
+}
+
+/// Parses up to BATCH requests from `input` (the first already parsed), starts their
+/// keys' lookups together, then executes them in order until one changes how the bytes
+/// after it are read, the budget is spent, or more than `room` bytes of replies are
+/// queued. Returns the input bytes used and the last request's outcome.
+fn run_batch<'a>(
+    ctx: &Ctx,
+    limits: &ParseLimits,
+    input: &'a [u8],
+    out: &mut Vec<u8>,
+    first: (Request<'a>, usize),
+    budget: &mut usize,
+    room: usize,
+) -> (usize, After) {
+    let written = out.len();
+    let mut batch: [Option<(Request, usize)>; BATCH] = [const { None }; BATCH];
+    let mut keys: [&[u8]; BATCH_KEYS] = [&[]; BATCH_KEYS];
+    let mut nkeys = add_keys(&first.0, &mut keys);
+    let (mut parsed, mut off) = (1, first.1);
+    batch[0] = Some(first);
+    while parsed < BATCH.min(*budget) {
+        let rest = input.get(off..).unwrap_or_default();
+        let Parsed::Complete { req, consumed } = parse(rest, limits) else {
+            break;
+        };
+        nkeys += add_keys(&req, &mut keys[nkeys..]);
+        batch[parsed] = Some((req, consumed));
+        off += consumed;
+        parsed += 1;
+    }
+    if nkeys > 1 {
+        ctx.shared.store.prefetch(&keys[..nkeys]);
+    }
+    let (mut used, mut after) = (0, After::Continue);
+    for (i, (req, consumed)) in batch
+        .iter_mut()
+        .take(parsed)
+        .filter_map(Option::take)
+        .enumerate()
+    {
+        if i > 0 && out.len() - written > room {
+            break;
+        }
+        let text = input.get(used..used + consumed).unwrap_or_default();
+        after = execute_logged(ctx, text, req, out);
+        used += consumed;
+        *budget -= 1;
+        if after != After::Continue {
+            break;
+        }
+    }
+    (used, after)
 }
 
 /// Executes one request whose bytes are `text`, logging its line at debug level.
