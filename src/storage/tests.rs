@@ -53,6 +53,28 @@ fn cost_of(k: &str, v: &str) -> usize {
     item::cost_of_len(item::HDR_SHORT + k.len() + v.len())
 }
 
+/// Stores `kNN` for each NN in `range` with a 10-byte value, at `now` (+ NN when `stagger`,
+/// so each key is older than the next).
+fn set_numbered(s: &Store, range: std::ops::Range<u32>, now: u32, stagger: bool) {
+    for i in range {
+        let at = if stagger { now + i } else { now };
+        assert_eq!(
+            set(s, &format!("k{i:02}"), "vvvvvvvvvv", 0, at),
+            StoreOutcome::Stored
+        );
+    }
+}
+
+fn assert_evicted(s: &Store, range: std::ops::Range<u32>, now: u32) {
+    for i in range {
+        assert_eq!(
+            get(s, &format!("k{i:02}"), now),
+            None,
+            "k{i:02} should be evicted"
+        );
+    }
+}
+
 #[test]
 fn set_get_replace_add() {
     let s = store_with(cfg(1 << 20, 4));
@@ -90,12 +112,7 @@ fn set_get_replace_add() {
 fn eviction_is_strict_lru_in_one_shard_and_touched_items_survive() {
     let per = cost_of("k00", "vvvvvvvvvv");
     let s = store_with(cfg(per * 10, 1));
-    for i in 0..10 {
-        assert_eq!(
-            set(&s, &format!("k{i:02}"), "vvvvvvvvvv", 0, NOW + i),
-            StoreOutcome::Stored
-        );
-    }
+    set_numbered(&s, 0..10, NOW, true);
     assert_eq!(s.stats(NOW).evictions, 0);
     // Reading k00 and touching k01 makes them most recent.
     assert!(get(&s, "k00", NOW + 20).is_some());
@@ -105,20 +122,9 @@ fn eviction_is_strict_lru_in_one_shard_and_touched_items_survive() {
         s.store(StoreCmd::Add, b"k02", 0, 0, b"x", 0, NOW + 20),
         StoreOutcome::NotStored
     );
-    for i in 10..15 {
-        assert_eq!(
-            set(&s, &format!("k{i:02}"), "vvvvvvvvvv", 0, NOW + 30),
-            StoreOutcome::Stored
-        );
-    }
+    set_numbered(&s, 10..15, NOW + 30, false);
     // Five evictions, in LRU order: k03..k07.
-    for i in 3..8 {
-        assert_eq!(
-            get(&s, &format!("k{i:02}"), NOW + 31),
-            None,
-            "k{i:02} should be evicted"
-        );
-    }
+    assert_evicted(&s, 3..8, NOW + 31);
     for k in ["k00", "k01", "k02", "k08", "k09", "k10", "k14"] {
         assert!(get(&s, k, NOW + 31).is_some(), "{k} should survive");
     }
@@ -839,12 +845,7 @@ fn prefetch_is_only_a_hint() {
     let s = store_with(cfg(per * 10, 1));
     assert_eq!(set(&s, "gone", "x", 0, NOW), StoreOutcome::Stored);
     assert!(s.delete(b"gone", NOW));
-    for i in 0..10 {
-        assert_eq!(
-            set(&s, &format!("k{i:02}"), "vvvvvvvvvv", 0, NOW + i),
-            StoreOutcome::Stored
-        );
-    }
+    set_numbered(&s, 0..10, NOW, true);
     assert_eq!(s.stats(NOW).evictions, 0);
     let snapshot = |s: &Store| {
         let st = s.stats(NOW);
@@ -866,19 +867,8 @@ fn prefetch_is_only_a_hint() {
     s.prefetch(&keys);
     s.prefetch(&[]);
     assert_eq!(snapshot(&s), before);
-    for i in 10..13 {
-        assert_eq!(
-            set(&s, &format!("k{i:02}"), "vvvvvvvvvv", 0, NOW + 30),
-            StoreOutcome::Stored
-        );
-    }
+    set_numbered(&s, 10..13, NOW + 30, false);
     // Still strict LRU: k00..k02 went first; k05 was read, so k03, k04 and k06 follow it.
-    for i in 0..3 {
-        assert_eq!(
-            get(&s, &format!("k{i:02}"), NOW + 31),
-            None,
-            "k{i:02} should be evicted"
-        );
-    }
+    assert_evicted(&s, 0..3, NOW + 31);
     assert_eq!(s.stats(NOW + 31).evictions, 3);
 }
