@@ -177,3 +177,75 @@ fn a_starting_node_copies_a_large_data_set_under_writes_before_serving() {
         eprintln!("{}", p.logs());
     }
 }
+
+/// The nice values of a process's threads by name, from `/proc`.
+#[cfg(target_os = "linux")]
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(t.path().join("comm")),
+            std::fs::read_to_string(t.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // Fields after the parenthesised name: state is field 3, nice field 19.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        if let Some(nice) = rest.split_whitespace().nth(16).and_then(|n| n.parse().ok()) {
+            out.push((comm.trim().to_string(), nice));
+        }
+    }
+    out
+}
+
+/// A starting node runs its start-up (the copy) on a thread of its own at nice 13, which
+/// gives it about the default 5% copy share of a CPU it shares with a busy peer; once it
+/// serves, that thread is gone and the live link runs at the process's own priority.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_start_up_copy_runs_at_a_low_priority_and_the_live_link_does_not() {
+    // A peer that accepts the connection and never answers the handshake: the node stays
+    // in its start-up until the bootstrap timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let mut b = common::pair::Node::new(
+        "b",
+        common::free_fixed_port(),
+        common::free_fixed_port(),
+        silent_port,
+        &["--repl-timeout-ms", "3000", "--repl-bootstrap-timeout", "1"],
+    );
+    b.spawn();
+    let pid = b.pid();
+    let mut seen = Vec::new();
+    let found = common::poll_until(Duration::from_secs(5), || {
+        seen = thread_nice(pid);
+        seen.iter().any(|(n, _)| n == "replication-sta")
+    });
+    assert!(found, "no start-up thread: {seen:?}\n{}", b.log());
+    let own = |threads: &[(String, i64)], name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, nice)| nice)
+    };
+    let base = own(&seen, "replication").expect("replication thread");
+    assert_eq!(
+        own(&seen, "replication-sta"),
+        Some(base.max(13)),
+        "{seen:?}"
+    );
+    assert!(b.try_connect().is_err(), "serving during its start-up");
+    if let Err(e) = b.wait_ready(READY_WITHIN) {
+        panic!("{}", e.why);
+    }
+    let after = thread_nice(pid);
+    assert_eq!(own(&after, "replication-sta"), None, "{after:?}");
+    assert_eq!(own(&after, "replication"), Some(base), "{after:?}");
+    drop(silent);
+}

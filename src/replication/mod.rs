@@ -7,6 +7,7 @@ mod dirty;
 mod link;
 mod node;
 mod pace;
+mod sched;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -162,7 +163,7 @@ impl Replicator {
         std::thread::Builder::new()
             .name("replication".into())
             .spawn(move || {
-                batch_scheduling();
+                sched::batch_scheduling();
                 node.run()
             })
             .map_err(|e| format!("cannot start replication thread: {e}"))
@@ -198,26 +199,5 @@ impl Replicator {
         w("repl_reconnects", &g(&s.reconnects));
         w("repl_resyncs_partial", &g(&s.resyncs_partial));
         w("repl_resyncs_full", &g(&s.resyncs_full));
-    }
-}
-
-/// Puts the calling thread under SCHED_BATCH: when a change wakes it, it does not preempt
-/// the worker that made the change. On a core it shares with busy workers it then runs
-/// when they block or their slice ends, sending hundreds of changes per wake-up instead of
-/// a few, and the core stops paying two context switches per handful of writes. Workers
-/// yield to it when a wake-up has waited too long (`DirtySet::overdue`). With a core of its
-/// own it runs at once, as before.
-fn batch_scheduling() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler only reads `param`; pid 0 is the calling thread.
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-        if rc != 0 {
-            log::debug!(
-                "SCHED_BATCH for the replication thread: {}",
-                std::io::Error::last_os_error()
-            );
-        }
     }
 }

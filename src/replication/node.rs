@@ -224,12 +224,48 @@ impl Node {
         let mut events = Events::with_capacity(64);
         // The first dial decides whether a starting node has anyone to copy from.
         self.dial(true);
-        while !self.shutdown.load(Ordering::SeqCst) {
+        if !self.starting || self.run_start_up(&mut events) {
+            self.run_until(&mut events, |_| false);
+        }
+        self.drain_before_exit(&mut events);
+    }
+
+    /// Runs the loop until the node may serve clients, on a thread of its own at a low
+    /// priority: the start-up copy is the node's only work then, and where the pair shares
+    /// CPUs it would otherwise take them from the peer's clients, beyond the share the
+    /// peer's pacing gives the copy. The thread ends with the start-up, so the live link
+    /// goes on at normal priority without the privilege to raise it back.
+    /// False when the loop failed.
+    fn run_start_up(&mut self, events: &mut Events) -> bool {
+        let nice = super::sched::nice_for_share(self.repl.cfg.copy_share);
+        let ran = std::thread::scope(|s| {
+            let started = std::thread::Builder::new()
+                .name("replication-start".into())
+                .spawn_scoped(s, || {
+                    super::sched::lower_priority(nice);
+                    self.run_until(events, |n| !n.starting)
+                });
+            match started {
+                Ok(t) => Some(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                Err(e) => {
+                    log::warn!(
+                        "cannot start the start-up thread ({e}); copying at normal priority"
+                    );
+                    None
+                }
+            }
+        });
+        ran.unwrap_or_else(|| self.run_until(events, |n| !n.starting))
+    }
+
+    /// The event loop, until shutdown or until `done` says so; false when polling failed.
+    fn run_until(&mut self, events: &mut Events, done: impl Fn(&Node) -> bool) -> bool {
+        while !self.shutdown.load(Ordering::SeqCst) && !done(self) {
             let timeout = self.timeout();
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            if let Err(e) = self.poll.poll(events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("replication poll failed: {e}");
-                    break;
+                    return false;
                 }
             }
             self.repl.dirty.answered();
@@ -242,7 +278,7 @@ impl Node {
             }
             self.tick();
         }
-        self.drain_before_exit(&mut events);
+        true
     }
 
     /// On shutdown: the client listeners are closed and the workers stopped, so nothing
