@@ -1,10 +1,11 @@
 //! Pipelined requests: many requests arriving in one write are answered in order, each one
 //! exactly once, including around requests that change how the bytes after them are read
-//! (a refused value's data block, `quit`) and replies that back up the connection's output.
+//! (a refused value's data block, `quit`) and replies that back up the connection's output;
+//! and many connections with one request each, woken together, each get their own replies.
 
 mod common;
 
-use common::{assert_bytes, store_req, Server};
+use common::{assert_bytes, store_req, Conn, Server};
 
 /// The reply to `get` of one key holding `data` (flags 0), with its `END`.
 fn hit(key: &str, data: &[u8]) -> Vec<u8> {
@@ -90,4 +91,80 @@ fn replies_past_the_output_bound_keep_their_order() {
     }
     c.send(&req);
     assert_bytes(&c.read_n(want.len()), &want);
+}
+
+/// Forty connections each send one request per round before any reply is read, so the
+/// worker finds many of them ready at once and reads them ahead together. Each still gets
+/// exactly its own replies, and so do the odd ones of the last round: a request that
+/// arrives in two pieces around everyone else's, `quit`, a client that shuts its sending
+/// side after its request, and a refused value followed by a request.
+#[test]
+fn connections_woken_together_each_get_their_own_replies() {
+    const CONNS: usize = 40;
+    let s = Server::start(&["-t", "1"]);
+    let mut conns: Vec<Conn> = (0..CONNS).map(|_| s.connect()).collect();
+    let value = |round: usize, i: usize| format!("round{round}-conn{i}");
+    for round in 0..12 {
+        let mut want = Vec::with_capacity(CONNS);
+        for (i, c) in conns.iter_mut().enumerate() {
+            let key = format!("k{i}");
+            if round % 2 == 0 {
+                c.send(&store_req(
+                    "set",
+                    &key,
+                    i as u64,
+                    0,
+                    value(round, i).as_bytes(),
+                ));
+                want.push(b"STORED\r\n".to_vec());
+            } else {
+                // Its own key and its neighbour's, both written in the round before.
+                let j = (i + 1) % CONNS;
+                c.send(format!("get k{i} k{j}\r\n").as_bytes());
+                let mut w = common::value_reply(&key, i as u64, value(round - 1, i).as_bytes());
+                w.truncate(w.len() - b"END\r\n".len());
+                w.extend(common::value_reply(
+                    &format!("k{j}"),
+                    j as u64,
+                    value(round - 1, j).as_bytes(),
+                ));
+                want.push(w);
+            }
+        }
+        for (c, w) in conns.iter_mut().zip(&want) {
+            assert_bytes(&c.read_n(w.len()), w);
+        }
+    }
+
+    let split = store_req("set", "k0", 0, 0, b"two pieces");
+    let (head, tail) = split.split_at(split.len() / 2);
+    conns[0].send(head);
+    conns[1].send(b"get k1\r\nquit\r\n");
+    conns[2].send(&store_req("set", "k2", 0, 0, b"then eof"));
+    conns[2].shutdown_write();
+    conns[3].send(b"set k3 0 0 2000000\r\n");
+    conns[3].send(&vec![b'x'; 2_000_002]);
+    conns[3].send(b"get k3\r\n");
+    for c in conns.iter_mut().skip(4) {
+        c.send(b"get nosuch\r\n");
+    }
+    conns[0].send(tail);
+    assert_bytes(&conns[0].read_n(8), b"STORED\r\n");
+    let last = value(10, 1);
+    let mut w = common::value_reply("k1", 1, last.as_bytes());
+    assert_bytes(&conns[1].read_to_eof(), &w);
+    assert_bytes(&conns[2].read_to_eof(), b"STORED\r\n");
+    // As in memcached, a refused set also drops the value the key had.
+    w = b"SERVER_ERROR object too large for cache\r\nEND\r\n".to_vec();
+    assert_bytes(&conns[3].read_n(w.len()), &w);
+    for c in conns.iter_mut().skip(4) {
+        assert_bytes(&c.read_n(5), b"END\r\n");
+    }
+    let mut c = s.connect();
+    assert_bytes(&c.request(b"get k0 k2\r\n"), &{
+        let mut w = common::value_reply("k0", 0, b"two pieces");
+        w.truncate(w.len() - b"END\r\n".len());
+        w.extend(common::value_reply("k2", 0, b"then eof"));
+        w
+    });
 }

@@ -105,6 +105,9 @@ pub struct Conn {
     /// The last readiness event reported the client's side closed: read on to the EOF
     /// even after a short read.
     pub read_closed: bool,
+    /// A read ahead of this connection's turn left its socket empty: its turn serves
+    /// what was read without first asking the socket again.
+    pub drained: bool,
     pub write_interest: bool,
 }
 
@@ -122,6 +125,7 @@ impl Conn {
             closing: false,
             eof: false,
             read_closed: false,
+            drained: false,
             write_interest: false,
         }
     }
@@ -131,6 +135,12 @@ impl Conn {
     #[inline]
     pub fn io_split(&mut self) -> (&[u8], &mut Vec<u8>) {
         (&self.rbuf[self.rpos..self.rlen], &mut self.wbuf)
+    }
+
+    /// The unparsed input.
+    #[inline]
+    pub fn input(&self) -> &[u8] {
+        &self.rbuf[self.rpos..self.rlen]
     }
 
     /// Marks `n` bytes of the input as used.

@@ -61,6 +61,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     stats: Arc<ThreadStats>,
     limits: ParseLimits,
+    /// Connections with events in this poll round (reused).
+    woken: Vec<usize>,
 }
 
 impl Worker {
@@ -79,6 +81,7 @@ impl Worker {
             shared,
             stats,
             limits,
+            woken: Vec::new(),
         }
     }
 
@@ -108,6 +111,8 @@ impl Worker {
                     r.dirty.note_busy();
                 }
             }
+            let mut woken = std::mem::take(&mut self.woken);
+            woken.clear();
             for ev in events.iter() {
                 if ev.token() == WAKE {
                     self.adopt_new();
@@ -117,10 +122,19 @@ impl Worker {
                             c.read_closed = true;
                         }
                     }
-                    self.drive(ev.token().0);
+                    woken.push(ev.token().0);
+                }
+            }
+            for group in woken.chunks(LOOKAHEAD) {
+                if group.len() > 1 {
+                    self.read_ahead(group);
+                }
+                for &idx in group {
+                    self.drive(idx);
                     self.yield_if_replication_waits();
                 }
             }
+            self.woken = woken;
             for _ in 0..self.ready.len() {
                 if let Some(idx) = self.ready.pop_front() {
                     self.drive(idx);
@@ -197,6 +211,53 @@ impl Worker {
         }
     }
 
+    /// Reads the input waiting on a group of woken connections, then starts the lookups of
+    /// each one's first request together, before any of them is served. At pipeline depth
+    /// 1 a connection brings one request per round, so this is where a round's lookups can
+    /// overlap, as a pipelined batch's do in `run_batch`. Each connection's turn then
+    /// serves what was read; only a connection that was idle is read ahead, so none gets
+    /// more input buffered than its own turn would have read.
+    fn read_ahead(&mut self, group: &[usize]) {
+        let mut read = false;
+        for &idx in group {
+            let Some(Some(c)) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            let idle = c.buffered() == 0 && c.pending_output() == 0 && c.swallow == 0;
+            if !idle || c.closing || c.eof {
+                continue;
+            }
+            match c.read_some() {
+                ReadOutcome::Data { n, drained } => {
+                    bump(&self.stats.bytes_read, n as u64);
+                    c.drained = drained && !c.read_closed;
+                    read = true;
+                }
+                ReadOutcome::WouldBlock => c.drained = !c.read_closed,
+                ReadOutcome::Eof => c.eof = true,
+            }
+        }
+        if !read {
+            return;
+        }
+        let mut keys: [&[u8]; BATCH_KEYS] = [&[]; BATCH_KEYS];
+        let mut nkeys = 0;
+        for &idx in group {
+            let Some(Some(c)) = self.conns.get(idx) else {
+                continue;
+            };
+            if c.swallow > 0 || nkeys == keys.len() {
+                continue;
+            }
+            if let Parsed::Complete { req, .. } = parse(c.input(), &self.limits) {
+                nkeys += add_keys(&req, &mut keys[nkeys..]);
+            }
+        }
+        if nkeys > 1 {
+            self.shared.store.prefetch(&keys[..nkeys]);
+        }
+    }
+
     /// Serves one connection as far as it can go without blocking.
     fn drive(&mut self, idx: usize) {
         let Some(Some(conn)) = self.conns.get_mut(idx) else {
@@ -212,7 +273,7 @@ impl Worker {
         };
         let max_input = input_limit(shared.cfg.item_size_max);
         let mut dead = false;
-        let mut short_read = false;
+        let mut short_read = std::mem::take(&mut conn.drained);
         // -R bounds the requests served per wake-up across all the reads of this round, so
         // a client that keeps its socket full cannot hold the thread while others wait.
         let mut budget = shared.cfg.reqs_per_event;
@@ -309,6 +370,8 @@ impl Worker {
 
 /// Requests parsed (and their keys' lookups started) together before they are executed.
 const BATCH: usize = 16;
+/// Woken connections read ahead together (`Worker::read_ahead`).
+const LOOKAHEAD: usize = 16;
 /// Keys of one batch whose lookups are started together.
 const BATCH_KEYS: usize = crate::storage::PREFETCH_MAX;
 
