@@ -355,6 +355,7 @@ impl Store {
                     exptime: st.exptime,
                     flags: st.flags,
                     time: now,
+                    stream: true,
                 };
                 (draft.into(), bits)
             }

@@ -951,6 +951,7 @@ impl Store {
                 exptime: exp,
                 flags: w.flags,
                 time: now,
+                stream: self.sink.is_none(),
             }
             .into(),
         };
