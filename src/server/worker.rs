@@ -382,6 +382,8 @@ const BATCH_KEYS: usize = crate::storage::PREFETCH_MAX;
 /// (`Store::prefetch`): a pipelined client's lookups then wait for memory side by side,
 /// where one after the other each would wait for its own chain of cache misses.
 fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize) -> Step {
+    // Everything served here had arrived by now: its writes may share one clock reading.
+    let _clock = ctx.shared.store.hold_clock();
     let mut touched = false;
     let step = loop {
         conn.swallow_buffered();

@@ -998,6 +998,12 @@ impl Store {
         }
     }
 
+    /// Makes this thread's writes share one clock reading until the guard drops (see
+    /// `Hlc::hold`): for a batch of requests that had all arrived before the call.
+    pub fn hold_clock(&self) -> super::hlc::HeldReading {
+        self.hlc.hold()
+    }
+
     /// A version for a local write to a key whose current version (item or tombstone) is
     /// `cur`: the clock's next one, or just past `cur` when a client-chosen version put the
     /// key ahead of the clock. Every write thus orders after the state it replaces.
