@@ -168,3 +168,31 @@ fn connections_woken_together_each_get_their_own_replies() {
         w
     });
 }
+
+/// With `-R 2` a pipelining connection gives up the thread after every two requests: ten
+/// connections that each pipeline 100 requests, sent before any reply is read, are all
+/// answered in full and in order, and the yields are counted.
+#[test]
+fn connections_that_yield_after_each_few_requests_are_answered_in_order() {
+    let s = Server::start(&["-t", "1", "-R", "2"]);
+    let mut conns: Vec<Conn> = (0..10).map(|_| s.connect()).collect();
+    let mut wants = Vec::new();
+    for (c, n) in conns.iter_mut().zip(0..) {
+        let (mut req, mut want) = (Vec::new(), Vec::new());
+        for i in 0..50 {
+            let key = format!("y{n}-{i}");
+            let val = format!("{n}:{i}");
+            req.extend(store_req("set", &key, 0, 0, val.as_bytes()));
+            want.extend_from_slice(b"STORED\r\n");
+            req.extend(format!("get {key}\r\n").bytes());
+            want.extend(hit(&key, val.as_bytes()));
+        }
+        c.send(&req);
+        wants.push(want);
+    }
+    for (c, want) in conns.iter_mut().zip(&wants) {
+        assert_bytes(&c.read_n(want.len()), want);
+    }
+    let yields = common::stat_u64(&s.stats(""), "conn_yields");
+    assert!(yields >= 10, "conn_yields {yields}");
+}
