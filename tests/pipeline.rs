@@ -12,6 +12,14 @@ fn hit(key: &str, data: &[u8]) -> Vec<u8> {
     common::value_reply(key, 0, data)
 }
 
+/// The reply to `get` of two keys that both hit: (key, flags, data) each, one `END`.
+fn two_hits(a: (&str, u64, &[u8]), b: (&str, u64, &[u8])) -> Vec<u8> {
+    let mut w = common::value_reply(a.0, a.1, a.2);
+    w.truncate(w.len() - b"END\r\n".len());
+    w.extend(common::value_reply(b.0, b.1, b.2));
+    w
+}
+
 #[test]
 fn a_long_pipeline_is_answered_in_order() {
     let s = Server::start(&[]);
@@ -121,14 +129,10 @@ fn connections_woken_together_each_get_their_own_replies() {
                 // Its own key and its neighbour's, both written in the round before.
                 let j = (i + 1) % CONNS;
                 c.send(format!("get k{i} k{j}\r\n").as_bytes());
-                let mut w = common::value_reply(&key, i as u64, value(round - 1, i).as_bytes());
-                w.truncate(w.len() - b"END\r\n".len());
-                w.extend(common::value_reply(
-                    &format!("k{j}"),
-                    j as u64,
-                    value(round - 1, j).as_bytes(),
+                want.push(two_hits(
+                    (&key, i as u64, value(round - 1, i).as_bytes()),
+                    (&format!("k{j}"), j as u64, value(round - 1, j).as_bytes()),
                 ));
-                want.push(w);
             }
         }
         for (c, w) in conns.iter_mut().zip(&want) {
@@ -161,12 +165,10 @@ fn connections_woken_together_each_get_their_own_replies() {
         assert_bytes(&c.read_n(5), b"END\r\n");
     }
     let mut c = s.connect();
-    assert_bytes(&c.request(b"get k0 k2\r\n"), &{
-        let mut w = common::value_reply("k0", 0, b"two pieces");
-        w.truncate(w.len() - b"END\r\n".len());
-        w.extend(common::value_reply("k2", 0, b"then eof"));
-        w
-    });
+    assert_bytes(
+        &c.request(b"get k0 k2\r\n"),
+        &two_hits(("k0", 0, b"two pieces"), ("k2", 0, b"then eof")),
+    );
 }
 
 /// With `-R 2` a pipelining connection gives up the thread after every two requests: ten
