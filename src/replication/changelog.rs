@@ -16,8 +16,8 @@ use crate::storage::StateRef;
 
 /// Bytes a log may hold before changes fall back to the keyed set. The replication thread
 /// empties the logs at every wake-up, so they reach this only when the link is behind, or
-/// when large values pile up between two wake-ups: a worker may go 0.5 ms without yielding
-/// to the replication thread (`DirtySet::overdue`), which is 250 KB at 120,000 sets of 4 KiB
+/// when large values pile up between two wake-ups: a worker may go 1 ms without yielding
+/// to the replication thread (`DirtySet::overdue`), which is 500 KB at 120,000 sets of 4 KiB
 /// a second.
 const LOG_CAP: usize = 1 << 20;
 /// Logs, shared round-robin by the threads that write (workers, mostly).

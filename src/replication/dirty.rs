@@ -17,8 +17,10 @@ const SHARDS: usize = 64;
 /// Accounting overhead per pending key besides its bytes (its index entry).
 const PER_KEY: usize = 32;
 /// How long a wake-up of the replication thread may go unanswered before a worker gives up
-/// its core for it (see `overdue`).
-const HANDOFF_NS: u64 = 500_000;
+/// its core for it (see `overdue`). On a core shared by both nodes of a pair each hand-off
+/// costs two context switches; at 1 ms rather than 0.5 ms the pair spent 2.7% less CPU per
+/// 4 KiB set, and the set-only lag p99 at peak stayed at 0.55 ms (target: 2 ms).
+const HANDOFF_NS: u64 = 1_000_000;
 /// How finely `note_busy` keeps time, and how long after a busy moment a node still counts
 /// as busy with clients.
 const BUSY_GRAIN_NS: u64 = 1_000_000;
