@@ -309,13 +309,13 @@ impl Store {
             credit,
             Origin::LocalVersioned,
         ) {
-            Step::Done(true) => {
+            Step::Done(Some(i)) => {
                 if let Some(mut s) = sh.slot_mut(i) {
                     s.set_bits(keep);
                 }
                 Step::Done(Some(v))
             }
-            Step::Done(false) => Step::Done(None),
+            Step::Done(None) => Step::Done(None),
             Step::NeedRoom(b) => Step::NeedRoom(b),
         }
     }

@@ -264,12 +264,10 @@ impl Store {
         };
         let bits = if opts.key_binary { BIT_KEY_BINARY } else { 0 };
         self.link(sh, key, hash, tomb, data, now, credit, origin)
-            .map_done(|ok| {
-                if !ok {
-                    return Err(miss);
-                }
-                self.set_bits_of(sh, hash, key, bits);
-                sh.find(hash, key).map(|i| (i, true)).ok_or(miss)
+            .map_done(|at| {
+                let i = at.ok_or(miss)?;
+                self.set_bits_of(sh, i, bits);
+                Ok((i, true))
             })
     }
 
@@ -446,8 +444,8 @@ impl Store {
                 credit,
                 Origin::LocalVersioned,
             ) {
-                Step::Done(true) => {}
-                Step::Done(false) => return Step::Done(MetaArith::OutOfMemory),
+                Step::Done(Some(_)) => {}
+                Step::Done(None) => return Step::Done(MetaArith::OutOfMemory),
                 Step::NeedRoom(b) => return Step::NeedRoom(b),
             }
         }
@@ -487,11 +485,11 @@ impl Store {
             None => Origin::Local,
         };
         self.link(sh, key, hash, tomb, data, now, credit, origin)
-            .map_done(|ok| {
-                if !ok {
+            .map_done(|at| {
+                let Some(i) = at else {
                     return MetaArith::OutOfMemory;
-                }
-                let version = self.set_bits_of(sh, hash, key, 0);
+                };
+                let version = self.set_bits_of(sh, i, 0);
                 MetaArith::Value {
                     value: initial,
                     cas: self.shown(version),

@@ -361,20 +361,18 @@ impl Store {
             }
         };
         match self.link(sh, st.key, hash, cur, data, now, credit, Origin::Remote) {
-            Step::Done(true) => {
+            Step::Done(Some(i)) => {
                 // link() leaves a new or replaced slot with no bits: only set ones need a write.
                 if bits != 0 {
-                    self.set_bits_of(sh, hash, st.key, bits);
+                    self.set_bits_of(sh, i, bits);
                 }
                 if st.value.is_none() {
-                    if let Some(i) = sh.find(hash, st.key) {
-                        sh.mark_tombstone(i);
-                        sh.c.total_items = sh.c.total_items.saturating_sub(1);
-                    }
+                    sh.mark_tombstone(i);
+                    sh.c.total_items = sh.c.total_items.saturating_sub(1);
                 }
                 Step::Done(Applied::Applied)
             }
-            Step::Done(false) => Step::Done(Applied::NoMemory),
+            Step::Done(None) => Step::Done(Applied::NoMemory),
             Step::NeedRoom(b) => Step::NeedRoom(b),
         }
     }

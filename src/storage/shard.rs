@@ -326,7 +326,8 @@ pub(crate) struct Shard {
 #[derive(Default)]
 pub(crate) struct Notes {
     keys: Vec<u8>,
-    spans: Vec<(u64, u32)>,
+    /// (hash, key length, the slot the change left the key in, or NIL when not known).
+    spans: Vec<(u64, u32, u32)>,
 }
 
 impl Notes {
@@ -334,12 +335,12 @@ impl Notes {
         self.spans.is_empty()
     }
 
-    /// Visits the (hash, key) pairs in the order they were noted.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, &[u8])) {
+    /// Visits the (hash, key, slot hint) of each note in the order they were noted.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, &[u8], u32)) {
         let mut off = 0usize;
-        for &(hash, len) in &self.spans {
+        for &(hash, len, hint) in &self.spans {
             let end = off + len as usize;
-            f(hash, self.keys.get(off..end).unwrap_or_default());
+            f(hash, self.keys.get(off..end).unwrap_or_default(), hint);
             off = end;
         }
     }
@@ -370,9 +371,11 @@ impl Shard {
     }
 
     /// Records that `key` changed, for the change sink.
-    pub(crate) fn note(&mut self, hash: u64, key: &[u8]) {
+    /// Notes a change to `key`, which now lives in slot `hint` (NIL: look it up when the
+    /// note is reported).
+    pub(crate) fn note(&mut self, hash: u64, key: &[u8], hint: u32) {
         self.notes.keys.extend_from_slice(key);
-        self.notes.spans.push((hash, key.len() as u32));
+        self.notes.spans.push((hash, key.len() as u32, hint));
     }
 
     pub(crate) fn has_notes(&self) -> bool {
@@ -437,13 +440,14 @@ impl Shard {
     }
 
     pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
-        let slots = &self.slots;
-        let arena = &self.arena;
-        self.index.find(hash, |i| {
-            slots
-                .get(i as usize)
-                .is_some_and(|s| s.live() && item::key(arena.get(s.h), s.klen()) == key)
-        })
+        self.index.find(hash, |i| self.holds(i, key))
+    }
+
+    /// True when slot `i` holds `key` (an item or a tombstone): where `find` would find it.
+    pub(crate) fn holds(&self, i: u32, key: &[u8]) -> bool {
+        self.slots
+            .get(i as usize)
+            .is_some_and(|s| s.live() && item::key(self.arena.get(s.h), s.klen()) == key)
     }
 
     /// Starts loading one link of the chain a lookup of `hash` reads (see

@@ -396,8 +396,13 @@ impl Store {
     /// Notes a change to `key` for the change sink, which hears of it, with the key's
     /// state, when the shard's lock is released.
     pub(super) fn notify(&self, sh: &mut Shard, hash: u64, key: &[u8]) {
+        self.notify_at(sh, hash, key, shard::NIL);
+    }
+
+    /// `notify` for a key known to live in slot `i` now, which spares the report a lookup.
+    fn notify_at(&self, sh: &mut Shard, hash: u64, key: &[u8], i: u32) {
         if self.sink.is_some() {
-            sh.note(hash, key);
+            sh.note(hash, key, i);
         }
     }
 
@@ -407,9 +412,15 @@ impl Store {
     fn report(&self, sh: &mut Shard) {
         let notes = sh.take_notes();
         if let Some(sink) = &self.sink {
-            notes.for_each(|hash, key| {
-                let st = sh
-                    .find(hash, key)
+            notes.for_each(|hash, key, hint| {
+                // The hint was right when noted; a later change under the same lock may
+                // have moved the key since, hence the check.
+                let at = if sh.holds(hint, key) {
+                    Some(hint)
+                } else {
+                    sh.find(hash, key)
+                };
+                let st = at
                     .and_then(|i| sh.slot(i))
                     .map(|s| super::repl::state_of(self, s));
                 sink.changed(key, st.as_ref());
@@ -973,20 +984,17 @@ impl Store {
             }
         };
         self.link(sh, key, hash, slot, data, now, credit, origin)
-            .map_done(|ok| {
-                if !ok {
+            .map_done(|at| {
+                let Some(i) = at else {
                     return (StoreOutcome::OutOfMemory, 0);
-                }
-                let version = self.set_bits_of(sh, hash, key, bits);
+                };
+                let version = self.set_bits_of(sh, i, bits);
                 (StoreOutcome::Stored, self.shown_cas(version))
             })
     }
 
-    /// Sets the meta bits of a key's freshly linked state; returns its version.
-    pub(super) fn set_bits_of(&self, sh: &mut Shard, hash: u64, key: &[u8], bits: u8) -> u64 {
-        let Some(i) = sh.find(hash, key) else {
-            return 0;
-        };
+    /// Sets the meta bits of the state just linked into slot `i`; returns its version.
+    pub(super) fn set_bits_of(&self, sh: &mut Shard, i: u32, bits: u8) -> u64 {
         match sh.slot_mut(i) {
             Some(mut s) => {
                 if bits != 0 {
@@ -1029,7 +1037,7 @@ impl Store {
         now: u32,
         credit: &mut usize,
         origin: Origin,
-    ) -> Step<bool> {
+    ) -> Step<Option<u32>> {
         let mut data = data.into();
         let new_cost = data.cost();
         let old_cost = old.and_then(|i| sh.slot(i)).map(|s| s.cost()).unwrap_or(0);
@@ -1043,34 +1051,36 @@ impl Store {
         }
         if old.is_none() && !sh.has_free_slot() && !self.evict_one(sh, now, NIL) {
             self.release(new_cost);
-            return Step::Done(false);
+            return Step::Done(None);
         }
         if origin == Origin::Local {
             data.set_version(self.version_after(old_version));
         }
-        match old {
+        let at = match old {
             Some(i) => {
                 if sh.replace(i, data).is_none() {
                     // No page number left (see `arena::MAX_PAGES`): give back the room
                     // reserved for the growth and fail like an out-of-memory store.
                     self.release(new_cost.saturating_sub(old_cost));
-                    return Step::Done(false);
+                    return Step::Done(None);
                 }
                 if old_cost > new_cost {
                     self.release(old_cost - new_cost);
                 }
+                i
             }
-            None => {
-                if sh.insert(hash, data, key.len()).is_none() {
+            None => match sh.insert(hash, data, key.len()) {
+                Some(i) => i,
+                None => {
                     self.release(new_cost);
-                    return Step::Done(false);
+                    return Step::Done(None);
                 }
-            }
-        }
+            },
+        };
         if origin != Origin::Remote {
-            self.notify(sh, hash, key);
+            self.notify_at(sh, hash, key, at);
         }
-        Step::Done(true)
+        Step::Done(Some(at))
     }
 
     /// `incr`/`decr` with memcached's do_add_delta: incr wraps modulo 2^64, decr stops at

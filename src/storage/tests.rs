@@ -838,6 +838,34 @@ fn change_sink_gets_each_change_complete() {
 }
 
 #[test]
+fn a_note_whose_slot_hint_went_stale_reports_the_key_found_by_lookup() {
+    let rec = Arc::new(StateRecorder::default());
+    let s = store_with(cfg(1 << 20, 1))
+        .replicated()
+        .with_change_sink(rec.clone());
+    let opts = WriteOpts::default();
+    s.store_with(StoreCmd::Set, b"a", 0, 0, b"va", 0, NOW, &opts);
+    s.store_with(StoreCmd::Set, b"b", 0, 0, b"vb", 0, NOW, &opts);
+    let before = rec.seen.lock().map(|s| s.len()).unwrap_or_default();
+    let (hash, si) = s.hash(b"a");
+    {
+        let mut g = s.shard(si);
+        let sh: &mut shard::Shard = &mut g;
+        let b_slot = sh.find(s.hash(b"b").0, b"b").expect("b is stored");
+        // As if "a" had been linked into b's slot and moved again under the same lock.
+        sh.note(hash, b"a", b_slot);
+        sh.note(hash, b"a", shard::NIL);
+    }
+    let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let told: Vec<_> = seen[before..]
+        .iter()
+        .map(|t| (t.0.clone(), t.3.clone()))
+        .collect();
+    let a = (b"a".to_vec(), Some(b"va".to_vec()));
+    assert_eq!(told, vec![a.clone(), a], "never b's state under a's key");
+}
+
+#[test]
 fn prefetch_is_only_a_hint() {
     // One shard, full: a prefetch that counted as an access would save its keys from
     // eviction, and one that changed any state would show in the stats or the values.
