@@ -61,8 +61,9 @@ pub(crate) struct Draft<'a> {
     pub exptime: u32,
     pub flags: u32,
     pub time: u32,
-    /// Nothing reads the item soon after it is written (a peer's state, a set on a node
-    /// without a peer): a long value then goes to memory with streaming stores.
+    /// Nothing reads the item soon after it is written (a peer's state, a set, whose change
+    /// is encoded from the request's buffer): a long value then goes to memory with
+    /// streaming stores.
     pub stream: bool,
 }
 

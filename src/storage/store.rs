@@ -410,6 +410,13 @@ impl Store {
     /// find lines the change has just touched: far cheaper than the replication thread
     /// looking every key up again later, from another core.
     fn report(&self, sh: &mut Shard) {
+        self.report_sourced(sh, None);
+    }
+
+    /// `report`, where the state in slot `src.0` has the value `src.1`, still in the
+    /// caller's buffer: a long value written to its item with streaming stores is then
+    /// encoded from that buffer, in cache, instead of read back from memory.
+    fn report_sourced(&self, sh: &mut Shard, src: Option<(u32, &[u8])>) {
         let notes = sh.take_notes();
         if let Some(sink) = &self.sink {
             notes.for_each(|hash, key, hint| {
@@ -420,9 +427,15 @@ impl Store {
                 } else {
                     sh.find(hash, key)
                 };
-                let st = at
-                    .and_then(|i| sh.slot(i))
-                    .map(|s| super::repl::state_of(self, s));
+                let st = at.and_then(|i| sh.slot(i)).map(|s| {
+                    let mut st = super::repl::state_of(self, s);
+                    if let (Some((si, v)), super::StateRef::Live(it)) = (src, &mut st) {
+                        if at == Some(si) && it.value.len() == v.len() {
+                            it.value = v;
+                        }
+                    }
+                    st
+                });
                 sink.changed(key, st.as_ref());
             });
         }
@@ -953,6 +966,7 @@ impl Store {
             (StoreCmd::Set | StoreCmd::Replace, _) | (StoreCmd::Add, None) => None,
         };
         let parts = [w.value];
+        let new_data_none = new_data.is_none();
         let mut data: NewItem = match new_data {
             Some(d) => d.into(),
             None => Draft {
@@ -962,7 +976,7 @@ impl Store {
                 exptime: exp,
                 flags: w.flags,
                 time: now,
-                stream: self.sink.is_none(),
+                stream: true,
             }
             .into(),
         };
@@ -989,6 +1003,10 @@ impl Store {
                     return (StoreOutcome::OutOfMemory, 0);
                 };
                 let version = self.set_bits_of(sh, i, bits);
+                if new_data_none {
+                    // Now, while the value is at hand: its item was streamed to memory.
+                    self.report_sourced(sh, Some((i, w.value)));
+                }
                 (StoreOutcome::Stored, self.shown_cas(version))
             })
     }

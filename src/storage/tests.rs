@@ -838,6 +838,36 @@ fn change_sink_gets_each_change_complete() {
 }
 
 #[test]
+fn a_long_value_reaches_the_sink_and_the_store_whole() {
+    let rec = Arc::new(StateRecorder::default());
+    let s = store_with(cfg(1 << 20, 2))
+        .replicated()
+        .with_change_sink(rec.clone());
+    let opts = WriteOpts::default();
+    // Streamed (>= 1 KiB), around the streaming threshold, and short.
+    for len in [5000usize, 4096, 1024, 1023, 100] {
+        let v: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let (out, cas) = s.store_with(StoreCmd::Set, b"k", 0, 0, &v, 0, NOW, &opts);
+        assert_eq!(out, StoreOutcome::Stored);
+        let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let last = seen.last().cloned();
+        assert_eq!(
+            last,
+            Some((b"k".to_vec(), cas, 0, Some(v.clone()))),
+            "{len} bytes"
+        );
+        let stored = s.get(b"k", NOW, |it| it.value.to_vec()).1;
+        assert_eq!(stored, Some(v), "{len} bytes");
+    }
+    // Appends build their item from two parts: reported from the item.
+    s.store_with(StoreCmd::Append, b"k", 0, 0, &[9u8; 2000], 0, NOW, &opts);
+    let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let value = seen.last().and_then(|t| t.3.clone()).unwrap_or_default();
+    assert_eq!(value.len(), 2100);
+    assert_eq!(&value[100..], &[9u8; 2000][..]);
+}
+
+#[test]
 fn a_note_whose_slot_hint_went_stale_reports_the_key_found_by_lookup() {
     let rec = Arc::new(StateRecorder::default());
     let s = store_with(cfg(1 << 20, 1))
