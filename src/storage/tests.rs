@@ -792,6 +792,21 @@ type Told = (Vec<u8>, u64, u8, Option<Vec<u8>>);
 struct StateRecorder {
     seen: Mutex<Vec<Told>>,
 }
+impl StateRecorder {
+    /// A replicated store with `shards` shards that tells this recorder of its changes.
+    fn store(shards: usize) -> (Store, Arc<StateRecorder>) {
+        let rec = Arc::new(StateRecorder::default());
+        let s = store_with(cfg(1 << 20, shards))
+            .replicated()
+            .with_change_sink(rec.clone());
+        (s, rec)
+    }
+
+    fn told(&self) -> Vec<Told> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
 impl ChangeSink for StateRecorder {
     fn changed(&self, key: &[u8], state: Option<&StateRef>) {
         let rec = match state {
@@ -812,10 +827,7 @@ impl ChangeSink for StateRecorder {
 
 #[test]
 fn change_sink_gets_each_change_complete() {
-    let rec = Arc::new(StateRecorder::default());
-    let s = store_with(cfg(1 << 20, 2))
-        .replicated()
-        .with_change_sink(rec.clone());
+    let (s, rec) = StateRecorder::store(2);
     // The binary-key bit is set after the item is linked: the sink must see it.
     let opts = WriteOpts {
         key_binary: true,
@@ -824,7 +836,7 @@ fn change_sink_gets_each_change_complete() {
     let (out, cas) = s.store_with(StoreCmd::Set, b"k", 0, 0, b"v1", 0, NOW, &opts);
     assert_eq!(out, StoreOutcome::Stored);
     assert!(s.delete(b"k", NOW));
-    let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let seen = rec.told();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].0, b"k");
     assert_eq!(seen[0].1, cas, "the version the client was shown");
@@ -839,17 +851,14 @@ fn change_sink_gets_each_change_complete() {
 
 #[test]
 fn a_long_value_reaches_the_sink_and_the_store_whole() {
-    let rec = Arc::new(StateRecorder::default());
-    let s = store_with(cfg(1 << 20, 2))
-        .replicated()
-        .with_change_sink(rec.clone());
+    let (s, rec) = StateRecorder::store(2);
     let opts = WriteOpts::default();
     // Streamed (>= 1 KiB), around the streaming threshold, and short.
     for len in [5000usize, 4096, 1024, 1023, 100] {
         let v: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
         let (out, cas) = s.store_with(StoreCmd::Set, b"k", 0, 0, &v, 0, NOW, &opts);
         assert_eq!(out, StoreOutcome::Stored);
-        let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let seen = rec.told();
         let last = seen.last().cloned();
         assert_eq!(
             last,
@@ -861,7 +870,7 @@ fn a_long_value_reaches_the_sink_and_the_store_whole() {
     }
     // Appends build their item from two parts: reported from the item.
     s.store_with(StoreCmd::Append, b"k", 0, 0, &[9u8; 2000], 0, NOW, &opts);
-    let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let seen = rec.told();
     let value = seen.last().and_then(|t| t.3.clone()).unwrap_or_default();
     assert_eq!(value.len(), 2100);
     assert_eq!(&value[100..], &[9u8; 2000][..]);
@@ -869,14 +878,11 @@ fn a_long_value_reaches_the_sink_and_the_store_whole() {
 
 #[test]
 fn a_note_whose_slot_hint_went_stale_reports_the_key_found_by_lookup() {
-    let rec = Arc::new(StateRecorder::default());
-    let s = store_with(cfg(1 << 20, 1))
-        .replicated()
-        .with_change_sink(rec.clone());
+    let (s, rec) = StateRecorder::store(1);
     let opts = WriteOpts::default();
     s.store_with(StoreCmd::Set, b"a", 0, 0, b"va", 0, NOW, &opts);
     s.store_with(StoreCmd::Set, b"b", 0, 0, b"vb", 0, NOW, &opts);
-    let before = rec.seen.lock().map(|s| s.len()).unwrap_or_default();
+    let before = rec.told().len();
     let (hash, si) = s.hash(b"a");
     {
         let mut g = s.shard(si);
@@ -886,7 +892,7 @@ fn a_note_whose_slot_hint_went_stale_reports_the_key_found_by_lookup() {
         sh.note(hash, b"a", b_slot);
         sh.note(hash, b"a", shard::NIL);
     }
-    let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let seen = rec.told();
     let told: Vec<_> = seen[before..]
         .iter()
         .map(|t| (t.0.clone(), t.3.clone()))
