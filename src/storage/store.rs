@@ -966,7 +966,8 @@ impl Store {
             (StoreCmd::Set | StoreCmd::Replace, _) | (StoreCmd::Add, None) => None,
         };
         let parts = [w.value];
-        let new_data_none = new_data.is_none();
+        // The item's value is the request's bytes as they came (not an append or prepend).
+        let verbatim = new_data.is_none();
         let mut data: NewItem = match new_data {
             Some(d) => d.into(),
             None => Draft {
@@ -1003,7 +1004,7 @@ impl Store {
                     return (StoreOutcome::OutOfMemory, 0);
                 };
                 let version = self.set_bits_of(sh, i, bits);
-                if new_data_none {
+                if verbatim && sh.has_notes() {
                     // Now, while the value is at hand: its item was streamed to memory.
                     self.report_sourced(sh, Some((i, w.value)));
                 }
