@@ -45,7 +45,6 @@ pub(crate) fn build(
         exptime,
         flags,
         time,
-        stream: false,
     }
     .build()
 }
@@ -61,10 +60,6 @@ pub(crate) struct Draft<'a> {
     pub exptime: u32,
     pub flags: u32,
     pub time: u32,
-    /// Nothing reads the item soon after it is written (a peer's state, a set, whose change
-    /// is encoded from the request's buffer): a long value then goes to memory with
-    /// streaming stores.
-    pub stream: bool,
 }
 
 impl Draft<'_> {
@@ -117,13 +112,12 @@ impl Draft<'_> {
         let (h, n) = self.header();
         let (head, mut rest) = dst.split_at_mut(n);
         head.copy_from_slice(&h[..n]);
+        // Nothing reads an item soon after it is written: not a peer's state, and not a set,
+        // whose change is encoded from the request's buffer (`Store::report_sourced`). So a
+        // long part goes to memory with streaming stores.
         for part in std::iter::once(&self.key).chain(self.parts) {
             let (d, r) = rest.split_at_mut(part.len());
-            if self.stream {
-                copy_value(d, part);
-            } else {
-                d.copy_from_slice(part);
-            }
+            copy_value(d, part);
             rest = r;
         }
     }
@@ -456,7 +450,6 @@ mod tests {
                 exptime,
                 flags,
                 time: 9,
-                stream: false,
             };
             let built = d.build();
             assert_eq!(built.len(), d.len());
@@ -486,7 +479,6 @@ mod tests {
                     exptime: 0,
                     flags: 3,
                     time: 0,
-                    stream: true,
                 };
                 let built = d.build();
                 let mut buf = vec![0x55u8; d.len() + 128];

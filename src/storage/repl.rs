@@ -355,7 +355,6 @@ impl Store {
                     exptime: st.exptime,
                     flags: st.flags,
                     time: now,
-                    stream: true,
                 };
                 (draft.into(), bits)
             }

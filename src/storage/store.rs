@@ -977,7 +977,6 @@ impl Store {
                 exptime: exp,
                 flags: w.flags,
                 time: now,
-                stream: true,
             }
             .into(),
         };
