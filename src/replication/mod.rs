@@ -75,7 +75,7 @@ impl LinkState {
     }
 }
 
-/// Counters of the pair, read by `stats`.
+/// Counters of the pair, read by `stats`; only the replication thread writes them.
 #[derive(Default)]
 pub struct ReplStats {
     pub sent_items: AtomicU64,

@@ -13,6 +13,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::changelog::encode_state;
 use crate::protocol::repl::{decode, encode, Frame, PROTOCOL_VERSION};
+use crate::stats::bump;
 use crate::storage::{Applied, CopyCursor, FlushState, RemoteState, Store};
 
 use super::auth::{self, Side};
@@ -734,13 +735,14 @@ impl Node {
     /// cache misses overlap; returns how many frames that covered.
     fn prefetch_ahead(&self, input: &[u8]) -> usize {
         let mut keys: [&[u8]; PREFETCH_FRAMES] = [&[]; PREFETCH_FRAMES];
-        let (mut off, mut frames, mut n) = (0, 0, 0);
+        let (mut off, mut frames, mut n, mut newest) = (0, 0, 0, 0);
         while frames < PREFETCH_FRAMES {
             let Ok(Some((f, used))) = decode(input.get(off..).unwrap_or_default()) else {
                 break;
             };
-            if let Frame::State { key, .. } | Frame::Tombstone { key, .. } = f {
+            if let Frame::State { key, version, .. } | Frame::Tombstone { key, version } = f {
                 keys[n] = key;
+                newest = newest.max(version);
                 n += 1;
             }
             off += used;
@@ -749,6 +751,9 @@ impl Node {
         if n > 1 {
             self.store.prefetch(&keys[..n]);
         }
+        // Observing the newest version before any of these frames is applied leaves each
+        // apply's own observation a plain load: one atomic update per batch, not per frame.
+        self.store.observe(newest);
         frames.max(1)
     }
 
@@ -1003,7 +1008,8 @@ impl Node {
 
     fn applied(&mut self, a: Applied, bytes: usize) {
         let s = &self.repl.stats;
-        s.received_items.fetch_add(1, Ordering::Relaxed);
+        // This thread is the counters' only writer: a plain add, not a locked one per frame.
+        bump(&s.received_items, 1);
         if let Some(r) = self.receiving.as_mut() {
             r.items += 1;
             r.bytes += bytes as u64;
@@ -1017,11 +1023,12 @@ impl Node {
                 );
             }
         }
-        match a {
-            Applied::Applied => s.applied_items.fetch_add(1, Ordering::Relaxed),
-            Applied::Older => s.rejected_older.fetch_add(1, Ordering::Relaxed),
-            Applied::NoMemory => s.dropped_no_memory.fetch_add(1, Ordering::Relaxed),
+        let c = match a {
+            Applied::Applied => &s.applied_items,
+            Applied::Older => &s.rejected_older,
+            Applied::NoMemory => &s.dropped_no_memory,
         };
+        bump(c, 1);
     }
 
     fn activate(&mut self, idx: usize, link: &mut Link, hello: PeerHello) {
@@ -1186,10 +1193,7 @@ impl Node {
             }
             let unacked = (self.unacked.len() + self.unacked_log_frames) as u64;
             self.repl.stats.unacked.store(unacked, Ordering::Relaxed);
-            self.repl
-                .stats
-                .sent_items
-                .fetch_add(sent, Ordering::Relaxed);
+            bump(&self.repl.stats.sent_items, sent);
         }
         self.copy_paused_until = None;
         let clients = self.repl.dirty.clients_busy();
@@ -1219,7 +1223,7 @@ impl Node {
                 });
             copy.items += n;
             self.sent += n;
-            self.repl.stats.sent_items.fetch_add(n, Ordering::Relaxed);
+            bump(&self.repl.stats.sent_items, n);
             if done {
                 encode(&Frame::BootstrapEnd { items: copy.items }, &mut link.wbuf);
                 log::info!("full copy sent: {} items", copy.items);
