@@ -475,6 +475,12 @@ impl Shard {
                 for off in (0..d.len().min(WARM_ITEM_BYTES)).step_by(64) {
                     prefetch(d.as_ptr().wrapping_add(off));
                 }
+                // Moving the item to the LRU head rewrites its neighbours and the head.
+                for n in [rec.prev(), rec.next(), self.head] {
+                    if let Some(r) = self.slots.get(n as usize) {
+                        prefetch((r as *const Rec).cast());
+                    }
+                }
             }
             _ => {}
         }
