@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pair::{gets, snapshot, Got, Pair, SETTLE_WITHIN};
-use common::{cmd, poll_until, Conn};
+use common::{cmd, poll_until, store_req, Conn};
 
 fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
@@ -102,6 +102,56 @@ fn storage_commands_replicate_both_ways() {
     );
     let s = same_on_both(&p, &["s2"]);
     assert_eq!(s[0].as_ref().map(|g| &g.value[..]), Some(&b"CAS"[..]));
+}
+
+/// One pipelined write of many commands: a node serves it as one batch, whose changes
+/// reach the replication log together, short and long values alike.
+#[test]
+fn a_pipelined_batch_of_writes_reaches_the_peer_whole() {
+    let p = Pair::start(&[]);
+    let mut ca = p.a.connect();
+    let names: Vec<String> = (0..48).map(|i| format!("batch{i}")).collect();
+    let value = |i: usize| {
+        // Every fifth value is longer than what a batch holds back.
+        let len = if i % 5 == 0 { 3000 + i } else { 10 + i };
+        vec![b'a' + (i % 26) as u8; len]
+    };
+    let mut req = Vec::new();
+    let mut replies = Vec::new();
+    for (i, k) in names.iter().enumerate() {
+        req.extend(store_req("set", k, i as u64, 0, &value(i)));
+        replies.push("STORED");
+    }
+    for k in names.iter().step_by(7) {
+        req.extend(format!("delete {k}\r\n").into_bytes());
+        replies.push("DELETED");
+    }
+    // Within one batch, the later write of a key is the one both nodes keep.
+    req.extend(store_req("set", &names[1], 77, 0, b"second"));
+    req.extend(store_req("append", &names[2], 0, 0, b"+tail"));
+    replies.extend(["STORED", "STORED"]);
+    ca.send(&req);
+    for want in replies {
+        let line = ca.read_line();
+        assert_eq!(String::from_utf8_lossy(&line).trim_end(), want);
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let got = same_on_both(&p, &names);
+    for (i, g) in got.iter().enumerate() {
+        match (i, g) {
+            (i, None) => assert_eq!(i % 7, 0, "{} missing", names[i]),
+            (1, Some(g)) => assert_eq!((g.flags, &g.value[..]), (77, &b"second"[..])),
+            (2, Some(g)) => {
+                let mut want = value(2);
+                want.extend_from_slice(b"+tail");
+                assert_eq!(g.value, want);
+            }
+            (i, Some(g)) => {
+                assert_ne!(i % 7, 0, "{} survived its delete", names[i]);
+                assert_eq!((g.flags, &g.value), (i as u32, &value(i)));
+            }
+        }
+    }
 }
 
 #[test]

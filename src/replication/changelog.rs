@@ -6,7 +6,7 @@
 //! from another core. The logs are bounded: a full log (the link is behind) or a link that
 //! is down makes the change fall back to the keyed pending set, which coalesces.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -49,8 +49,33 @@ struct Spares {
     bytes: usize,
 }
 
+/// Values from this long go to the log even during a batch: staging them would copy
+/// each one twice to save per-frame work that is small next to the copy.
+const STAGE_MAX_VALUE: usize = 1024;
+
+/// The frames a thread holds back while it has a batch open (see `StateLogs::open_batch`).
+#[derive(Default)]
+struct Stage {
+    /// The logs the batch is open on (their address); 0 when no batch is open.
+    owner: usize,
+    buf: Vec<u8>,
+    frames: usize,
+}
+
 thread_local! {
     static MY_LOG: Cell<usize> = const { Cell::new(usize::MAX) };
+    static STAGE: RefCell<Stage> = RefCell::new(Stage::default());
+}
+
+/// Where `StateLogs::append` put a change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// In a log: the replication thread may need waking.
+    Logged,
+    /// Held by the calling thread's open batch until it closes.
+    Staged,
+    /// Nowhere (no link, or the log is full): the caller records the key.
+    Refused,
 }
 
 fn my_log() -> usize {
@@ -79,22 +104,100 @@ impl StateLogs {
         self.streaming.store(on, Ordering::SeqCst);
     }
 
-    /// Appends `st` to the calling thread's log. False when no link is streaming or the
-    /// log is full: the caller records the key instead.
-    pub fn append(&self, st: &StateRef) -> bool {
+    /// Appends `st` to the calling thread's log, or to its open batch.
+    pub fn append(&self, st: &StateRef) -> Appended {
         if !self.streaming.load(Ordering::Relaxed) {
-            return false;
+            return Appended::Refused;
+        }
+        let short = match st {
+            StateRef::Live(it) => it.value.len() < STAGE_MAX_VALUE,
+            StateRef::Tombstone { .. } => true,
+        };
+        if short && self.stage(st) {
+            return Appended::Staged;
         }
         let mut log = lock(&self.logs[my_log()]);
         if log.buf.len() >= LOG_CAP {
-            return false;
+            return Appended::Refused;
         }
         encode_state(st, &mut log.buf);
         log.frames += 1;
         // Counted under the log's lock, so a concurrent `take` never subtracts a frame
         // before it was added. SeqCst pairs with the wake-up flag (see `DirtySet::noted`).
         self.frames.fetch_add(1, Ordering::SeqCst);
-        true
+        Appended::Logged
+    }
+
+    fn id(&self) -> usize {
+        self as *const StateLogs as usize
+    }
+
+    /// Encodes `st` into this thread's batch if one is open on these logs.
+    fn stage(&self, st: &StateRef) -> bool {
+        STAGE.with(|s| {
+            let Ok(mut s) = s.try_borrow_mut() else {
+                return false;
+            };
+            if s.owner != self.id() {
+                return false;
+            }
+            encode_state(st, &mut s.buf);
+            s.frames += 1;
+            true
+        })
+    }
+
+    /// Opens a batch on the calling thread: its changes are held back and reach the log
+    /// together at `close_batch`, for one lock and one count instead of one per change.
+    /// False when the thread has a batch open already (only the opener closes it).
+    pub fn open_batch(&self) -> bool {
+        STAGE.with(|s| {
+            let Ok(mut s) = s.try_borrow_mut() else {
+                return false;
+            };
+            if s.owner != 0 {
+                return false;
+            }
+            s.owner = self.id();
+            true
+        })
+    }
+
+    /// Closes the calling thread's batch: its frames go to the log, or, when the log is
+    /// full or the link went down meanwhile, each frame's key goes to `refused`. True when
+    /// frames were logged (the replication thread may need waking).
+    pub fn close_batch(&self, mut refused: impl FnMut(&[u8])) -> bool {
+        STAGE.with(|s| {
+            let Ok(mut s) = s.try_borrow_mut() else {
+                return false;
+            };
+            if s.owner != self.id() {
+                return false;
+            }
+            s.owner = 0;
+            let frames = std::mem::take(&mut s.frames);
+            if frames == 0 {
+                return false;
+            }
+            if self.streaming.load(Ordering::Relaxed) {
+                let mut log = lock(&self.logs[my_log()]);
+                if log.buf.len() < LOG_CAP {
+                    if log.buf.is_empty() {
+                        std::mem::swap(&mut log.buf, &mut s.buf);
+                    } else {
+                        log.buf.extend_from_slice(&s.buf);
+                    }
+                    log.frames += frames;
+                    self.frames.fetch_add(frames, Ordering::SeqCst);
+                    drop(log);
+                    s.buf.clear();
+                    return true;
+                }
+            }
+            keys_of(&s.buf, &mut refused);
+            s.buf.clear();
+            false
+        })
     }
 
     /// Frames waiting in the logs.
@@ -199,20 +302,32 @@ mod tests {
     #[test]
     fn appends_only_while_streaming_and_below_the_cap() {
         let l = StateLogs::default();
-        assert!(
-            !l.append(&live(b"a", b"1")),
+        assert_eq!(
+            l.append(&live(b"a", b"1")),
+            Appended::Refused,
             "no link: the key set records it"
         );
         l.set_streaming(true);
-        assert!(l.append(&live(b"a", b"1")));
-        assert!(l.append(&StateRef::Tombstone {
-            key: b"b",
-            version: 4
-        }));
+        assert_eq!(Appended::Logged, l.append(&live(b"a", b"1")));
+        assert_eq!(
+            Appended::Logged,
+            l.append(&StateRef::Tombstone {
+                key: b"b",
+                version: 4
+            })
+        );
         assert_eq!(l.frames(), 2);
         let big = vec![7u8; LOG_CAP];
-        assert!(l.append(&live(b"c", &big)), "one frame may cross the cap");
-        assert!(!l.append(&live(b"d", b"1")), "a full log refuses");
+        assert_eq!(
+            Appended::Logged,
+            l.append(&live(b"c", &big)),
+            "one frame may cross the cap"
+        );
+        assert_eq!(
+            l.append(&live(b"d", b"1")),
+            Appended::Refused,
+            "a full log refuses"
+        );
         let mut out = Vec::new();
         l.take(&mut out);
         assert_eq!(l.frames(), 0);
@@ -226,7 +341,69 @@ mod tests {
         for (buf, _) in out {
             l.recycle(buf);
         }
-        assert!(l.append(&live(b"d", b"1")), "the log has room again");
+        assert_eq!(
+            Appended::Logged,
+            l.append(&live(b"d", b"1")),
+            "the log has room again"
+        );
+    }
+
+    #[test]
+    fn a_batch_holds_short_changes_back_until_it_closes() {
+        let l = StateLogs::default();
+        l.set_streaming(true);
+        assert!(l.open_batch());
+        assert!(!l.open_batch(), "only the opener closes a batch");
+        assert_eq!(l.append(&live(b"a", b"1")), Appended::Staged);
+        let tomb = StateRef::Tombstone {
+            key: b"b",
+            version: 4,
+        };
+        assert_eq!(l.append(&tomb), Appended::Staged);
+        let long = vec![7u8; STAGE_MAX_VALUE];
+        assert_eq!(
+            l.append(&live(b"c", &long)),
+            Appended::Logged,
+            "a long value is not copied twice"
+        );
+        assert_eq!(l.frames(), 1, "staged frames are not in the log yet");
+        // Another set of logs on the same thread is not caught by this batch.
+        let other = StateLogs::default();
+        other.set_streaming(true);
+        assert_eq!(other.append(&live(b"x", b"1")), Appended::Logged);
+        assert!(l.close_batch(|_| panic!("nothing is refused")));
+        assert_eq!(l.frames(), 3);
+        assert!(!l.close_batch(|_| {}), "closed already");
+        assert_eq!(l.append(&live(b"d", b"1")), Appended::Logged);
+        let mut out = Vec::new();
+        l.take(&mut out);
+        let mut keys = Vec::new();
+        for (buf, _) in &out {
+            keys_of(buf, |k| keys.push(k.to_vec()));
+        }
+        keys.sort();
+        let want: Vec<Vec<u8>> = [&b"a"[..], b"b", b"c", b"d"].map(|k| k.to_vec()).into();
+        assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn a_batch_closed_after_the_link_went_down_gives_its_keys_back() {
+        let l = StateLogs::default();
+        l.set_streaming(true);
+        assert!(l.open_batch());
+        assert_eq!(l.append(&live(b"a", b"1")), Appended::Staged);
+        assert_eq!(l.append(&live(b"b", b"2")), Appended::Staged);
+        l.set_streaming(false);
+        let mut refused = Vec::new();
+        assert!(!l.close_batch(|k| refused.push(k.to_vec())));
+        assert_eq!(refused, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(l.frames(), 0);
+        // The stage is empty again: the next batch carries only its own frames.
+        l.set_streaming(true);
+        assert!(l.open_batch());
+        assert_eq!(l.append(&live(b"c", b"3")), Appended::Staged);
+        assert!(l.close_batch(|_| panic!("nothing is refused")));
+        assert_eq!(l.frames(), 1);
     }
 
     #[test]
@@ -242,7 +419,7 @@ mod tests {
         drop(sp);
         // Taking a log swaps a spare in, and the count follows.
         l.set_streaming(true);
-        assert!(l.append(&live(b"a", b"1")));
+        assert_eq!(Appended::Logged, l.append(&live(b"a", b"1")));
         let mut out = Vec::new();
         l.take(&mut out);
         let sp = lock(&l.spares);
@@ -283,7 +460,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..500 {
                         let k = format!("t{t}-{i}");
-                        assert!(l.append(&live(k.as_bytes(), b"v")));
+                        assert_eq!(Appended::Logged, l.append(&live(k.as_bytes(), b"v")));
                     }
                 })
             })

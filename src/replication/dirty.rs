@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock};
 
 use hashbrown::HashTable;
 
-use super::changelog::{keys_of as log_keys_of, StateLogs};
+use super::changelog::{keys_of as log_keys_of, Appended, StateLogs};
 use crate::clock::wall_ms;
 use crate::stats::lock;
 use crate::storage::{ChangeSink, FlushState, StateRef};
@@ -380,10 +380,26 @@ fn mono_ns() -> u64 {
 
 impl ChangeSink for DirtySet {
     fn changed(&self, key: &[u8], state: Option<&StateRef>) {
-        if state.is_some_and(|st| self.logs.append(st)) {
+        match state.map_or(Appended::Refused, |st| self.logs.append(st)) {
+            Appended::Logged => {
+                self.noted();
+            }
+            Appended::Staged => {}
+            Appended::Refused => {
+                self.add(key);
+            }
+        }
+    }
+
+    fn open_batch(&self) -> bool {
+        self.logs.open_batch()
+    }
+
+    fn close_batch(&self) {
+        if self.logs.close_batch(|k| {
+            self.add(k);
+        }) {
             self.noted();
-        } else {
-            self.add(key);
         }
     }
 

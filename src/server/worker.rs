@@ -278,7 +278,11 @@ impl Worker {
         // a client that keeps its socket full cannot hold the thread while others wait.
         let mut budget = shared.cfg.reqs_per_event;
         let step = loop {
-            let step = process(conn, &ctx, &self.limits, &mut budget);
+            let step = {
+                // Changes reach the replication log once per batch, before its replies go out.
+                let _batch = shared.store.batch();
+                process(conn, &ctx, &self.limits, &mut budget)
+            };
             // Replies wait while more input may be in the socket, so one write carries the
             // answers to several reads; they go out when this round ends (below), when the
             // socket has been drained, or once a batch has built up.

@@ -41,4 +41,14 @@ pub trait ChangeSink: Send + Sync {
 
     /// A `flush_all` changed the flush watermarks (called without any shard lock).
     fn flushed(&self, _state: FlushState) {}
+
+    /// Lets the calling thread's next changes be held back and handed over together at
+    /// `close_batch` (see `Store::batch`). False when the sink does not batch, or the
+    /// thread has a batch open already.
+    fn open_batch(&self) -> bool {
+        false
+    }
+
+    /// Hands over what the calling thread held back since `open_batch`.
+    fn close_batch(&self) {}
 }

@@ -248,6 +248,20 @@ impl Drop for ShardGuard<'_> {
     }
 }
 
+/// A batch of changes open on the calling thread (see `Store::batch`); closes on drop.
+pub struct Batch<'a> {
+    store: &'a Store,
+    open: bool,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(sink)) = (self.open, &self.store.sink) {
+            sink.close_batch();
+        }
+    }
+}
+
 /// Keys `Store::prefetch` warms at most.
 pub const PREFETCH_MAX: usize = 32;
 
@@ -371,6 +385,14 @@ impl Store {
             sh: lock(&self.shards[i & self.shard_mask]),
             store: self,
         }
+    }
+
+    /// Lets the change sink hold this thread's changes back until the returned guard is
+    /// dropped, then take them together: a worker brackets each batch of one client's
+    /// requests, so the handover to replication is paid per batch, not per change.
+    pub fn batch(&self) -> Batch<'_> {
+        let open = self.sink.as_ref().is_some_and(|s| s.open_batch());
+        Batch { store: self, open }
     }
 
     /// Starts loading into the cache what lookups of these keys will read: the index
