@@ -385,13 +385,32 @@ pub(crate) fn parse_number(v: &[u8]) -> Option<u64> {
 /// Parts at least this long are written with streaming stores.
 const STREAM_MIN: usize = 1024;
 
+thread_local! {
+    /// Set when this thread issued streaming stores that no fence has ordered yet.
+    static UNFENCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Orders the streaming stores this thread issued before whatever it stores next. The
+/// shard guard calls this before it releases the lock, after which another thread may
+/// read the item: fencing there rather than after each copy lets the stores drain while
+/// the change is reported (encoding a 4 KiB value into the replication log, say).
+pub(crate) fn fence_streams() {
+    if UNFENCED.with(|u| u.replace(false)) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a fence has no preconditions.
+        unsafe {
+            std::arch::x86_64::_mm_sfence()
+        };
+    }
+}
+
 /// Copies `src` into `dst` (same length). A long value goes to memory with non-temporal
 /// stores: the item it lands in is almost never in the cache (a set overwrites a key
 /// last written long ago), and ordinary stores would first read every line of it.
 fn copy_value(dst: &mut [u8], src: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     if dst.len() >= STREAM_MIN && dst.len() == src.len() {
-        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
         let head = dst.as_ptr().align_offset(64).min(dst.len());
         let body = (dst.len() - head) & !63;
         let (d_head, d_rest) = dst.split_at_mut(head);
@@ -407,9 +426,8 @@ fn copy_value(dst: &mut [u8], src: &[u8]) {
                 _mm_stream_si128(d.as_mut_ptr().cast::<__m128i>(), v);
             }
         }
-        // SAFETY: a fence has no preconditions. It orders the streaming stores before the
-        // shard lock's release, after which another thread may read the item.
-        unsafe { _mm_sfence() };
+        // Fenced by `fence_streams` before the shard lock is released.
+        UNFENCED.with(|u| u.set(true));
         d_tail.copy_from_slice(s_tail);
         return;
     }

@@ -245,6 +245,9 @@ impl Drop for ShardGuard<'_> {
         if self.sh.has_notes() {
             self.store.report(&mut self.sh);
         }
+        // Every item write happens under a guard: this orders its streaming stores before
+        // the lock's release.
+        super::item::fence_streams();
     }
 }
 
