@@ -34,10 +34,10 @@ fn reply(out: &mut Vec<u8>, noreply: bool, msg: &[u8]) {
     }
 }
 
-pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
+pub fn execute(ctx: &Ctx, req: &Request, out: &mut Vec<u8>) -> After {
     let store = &*ctx.shared.store;
     let st = ctx.stats;
-    match req {
+    match *req {
         Request::Get {
             keys: list,
             cas,
@@ -244,8 +244,8 @@ pub fn execute(ctx: &Ctx, req: Request, out: &mut Vec<u8>) -> After {
             reply(out, noreply, msg.as_bytes());
             After::Continue
         }
-        Request::Meta(m) => {
-            super::meta::execute(ctx, &m, out);
+        Request::Meta(ref m) => {
+            super::meta::execute(ctx, m, out);
             After::Continue
         }
         Request::MetaDebug { key, base64 } => {

@@ -413,7 +413,7 @@ fn process(conn: &mut Conn, ctx: &Ctx, limits: &ParseLimits, budget: &mut usize)
             // Nothing pipelined behind it: no lookups to overlap.
             let text = input.get(..first_len).unwrap_or_default();
             *budget -= 1;
-            (first_len, execute_logged(ctx, text, first, out))
+            (first_len, execute_logged(ctx, text, &first, out))
         } else {
             let room = OUTPUT_HIGH_WATER.saturating_sub(pending);
             run_batch(ctx, limits, input, out, (first, first_len), budget, room)
@@ -465,12 +465,9 @@ fn run_batch<'a>(
         ctx.shared.store.prefetch(&keys[..nkeys]);
     }
     let (mut used, mut after) = (0, After::Continue);
-    for (i, (req, consumed)) in batch
-        .iter_mut()
-        .take(parsed)
-        .filter_map(Option::take)
-        .enumerate()
-    {
+    // By reference: a request is 152 bytes, and moving each out of the batch and on into
+    // `execute` was 2.5% of a worker's samples at 100 B sets, pipeline 16, in memcpy.
+    for (i, (req, consumed)) in batch.iter().take(parsed).flatten().enumerate() {
         if i > 0 && out.len() - written > room {
             break;
         }
@@ -486,7 +483,7 @@ fn run_batch<'a>(
 }
 
 /// Executes one request whose bytes are `text`, logging its line at debug level.
-fn execute_logged(ctx: &Ctx, text: &[u8], req: Request, out: &mut Vec<u8>) -> After {
+fn execute_logged(ctx: &Ctx, text: &[u8], req: &Request, out: &mut Vec<u8>) -> After {
     if log::log_enabled!(log::Level::Debug) {
         let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
         log::debug!("<{} {}", ctx.fd, String::from_utf8_lossy(line).trim_end());
