@@ -42,7 +42,9 @@ for pkg in "${!probe[@]}"; do
     exit 1
   fi
 done
-PATH="$PATH:/usr/sbin" nutcracker -V 2>&1 | head -n 1
+# sed reads the whole output: head would exit after one line, and a second line written
+# after that kills nutcracker with SIGPIPE, which pipefail turns into a failed run.
+PATH="$PATH:/usr/sbin" nutcracker -V 2>&1 | sed -n 1p
 php -r 'echo "php ", PHP_VERSION, " memcache ", phpversion("memcache"), " memcached ", phpversion("memcached"), "\n";'
 $PY -c 'import pymemcache; print("pymemcache", pymemcache.__version__)'
 perl -MCache::Memcached -e 'print "Cache::Memcached $Cache::Memcached::VERSION\n"'
