@@ -183,6 +183,8 @@ impl StateLogs {
                 let mut log = lock(&self.logs[my_log()]);
                 if log.buf.len() < LOG_CAP {
                     if log.buf.is_empty() {
+                        // An emptied log takes the stage's buffer whole, and the stage
+                        // keeps the log's spare: no copy.
                         std::mem::swap(&mut log.buf, &mut s.buf);
                     } else {
                         log.buf.extend_from_slice(&s.buf);
