@@ -4,6 +4,7 @@
 //! a class is a page of its own (its own heap allocation). Everything here runs under the
 //! shard's lock.
 
+use super::heap::{self, heap_cost, Buf};
 use super::item::{self, NewItem};
 
 /// Class sizes step by this many bytes.
@@ -54,6 +55,7 @@ fn class_of(len: usize) -> Option<u8> {
 pub(crate) fn buffer_cost(len: usize) -> usize {
     match class_of(len) {
         Some(c) => usize::from(c) * GRAIN,
+        None if heap::available() => heap_cost(len) + PAGE_ENTRY,
         None => malloc_cost(len) + PAGE_ENTRY,
     }
 }
@@ -70,7 +72,7 @@ fn split(h: Handle) -> (usize, usize) {
 /// lookup, which matters: every key comparison of a hash lookup starts with it.
 #[derive(Default)]
 struct Page {
-    buf: Box<[u8]>,
+    buf: Buf,
     class: u8,
     /// Being emptied by a drain (see [`Arena::begin_drain`]).
     draining: bool,
@@ -172,7 +174,7 @@ impl Arena {
         };
         if empty {
             let page = Page {
-                buf: vec![0u8; per * size].into_boxed_slice(),
+                buf: Buf::system_zeroed(per * size),
                 class: c,
                 draining: false,
             };
@@ -199,7 +201,7 @@ impl Arena {
             }
         }
         let n = self.new_page(Page {
-            buf: item.into_box(),
+            buf: item.into_buf(),
             class: BIG,
             draining: false,
         })?;
@@ -237,7 +239,7 @@ impl Arena {
                 Ok(())
             }
             None if page.class == BIG => {
-                page.buf = item.into_box();
+                page.buf = item.into_buf();
                 Ok(())
             }
             Some(c) if c == page.class => {
@@ -441,10 +443,15 @@ mod tests {
         assert_eq!(buffer_cost(148), 148);
         assert_eq!(buffer_cost(149), 152);
         assert_eq!(buffer_cost(MAX_CLASSED), MAX_CLASSED);
-        assert_eq!(
-            buffer_cost(MAX_CLASSED + 1),
-            malloc_cost(MAX_CLASSED + 1) + PAGE_ENTRY
-        );
+        // A big item costs what its allocator takes (8-byte tag, 32-byte units in the item
+        // heap) plus its page entry.
+        let big = MAX_CLASSED + 1;
+        let taken = if heap::available() {
+            1056
+        } else {
+            malloc_cost(big)
+        };
+        assert_eq!(buffer_cost(big), taken + PAGE_ENTRY);
         assert_eq!(malloc_cost(1), 32);
         assert_eq!(malloc_cost(152), 160);
         assert_eq!(malloc_cost(153), 176);

@@ -3,6 +3,10 @@
 //! between 64% and 80% full and costs 5 to 6.3 bytes per item. A general-purpose table
 //! (hashbrown) needs 5 bytes per bucket and doubles, which is 5.7 to 11.4 bytes per item.
 
+use allocator_api2::vec::from_elem_in;
+
+use super::mapped::{map_vec, MapAlloc, MapVec};
+
 /// An entry: a 7-bit tag from the hash (top bit clear) and a 24-bit slot number.
 const EMPTY: u32 = u32::MAX;
 /// A removed entry: probes go on past it, inserts may reuse it.
@@ -18,12 +22,21 @@ fn tag(hash: u64) -> u32 {
     ((hash >> 57) as u32) << 24
 }
 
-#[derive(Default)]
 pub(crate) struct Index {
-    e: Vec<u32>,
+    e: MapVec<u32>,
     live: usize,
     /// Live and removed entries: what probes walk through.
     used: usize,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            e: map_vec(),
+            live: 0,
+            used: 0,
+        }
+    }
 }
 
 impl Index {
@@ -152,7 +165,7 @@ impl Index {
     /// entries.
     fn rebuild(&mut self, want: usize, hash_of: &impl Fn(u32) -> u64) {
         let size = (want * 100 / REBUILT_LOAD + 1).max(MIN_BUCKETS);
-        let old = std::mem::replace(&mut self.e, vec![EMPTY; size]);
+        let old = std::mem::replace(&mut self.e, from_elem_in(EMPTY, size, MapAlloc));
         self.live = 0;
         self.used = 0;
         for e in old {

@@ -2,6 +2,7 @@
 //! an item really takes) and memcached's number rules.
 
 use super::arena;
+use super::heap::Buf;
 
 /// Header layout (little-endian): length u32 | last access u32 | version u64, then, only
 /// when either is nonzero, exptime u32 | flags u32. The length is the whole buffer's; its
@@ -195,10 +196,14 @@ impl NewItem<'_> {
     }
 
     /// The item in a buffer of its own.
-    pub(crate) fn into_box(self) -> Box<[u8]> {
+    pub(crate) fn into_buf(self) -> Buf {
         match self {
-            NewItem::Built(b) => b,
-            NewItem::Draft(d) => d.build(),
+            NewItem::Built(b) => Buf::copy_of(&b),
+            NewItem::Draft(d) => {
+                let mut buf = Buf::zeroed(d.len());
+                d.write(&mut buf);
+                buf
+            }
         }
     }
 }

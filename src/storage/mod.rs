@@ -3,9 +3,11 @@
 
 mod arena;
 mod counter;
+mod heap;
 pub mod hlc;
 mod index;
 mod item;
+mod mapped;
 mod meta;
 mod repl;
 mod shard;

@@ -3,6 +3,7 @@
 //! global memory accounting and cross-shard eviction.
 
 use super::item::NewItem;
+use super::mapped::{self, map_vec, MapVec};
 use super::{arena, counter, hlc, index, item};
 use std::hash::BuildHasher;
 
@@ -103,19 +104,20 @@ impl Rec {
     }
 }
 
-/// Slots a slot array starts with: just over malloc's mmap threshold (128 KiB, pinned by
-/// `daemon::tune_malloc`), so the array is a memory mapping of its own. The kernel then
-/// backs only the pages the slots in use have touched, and growing it is an `mremap`: no
-/// copy, and no old array left behind as a hole in the heap. Grown on the heap by copying,
-/// the arrays of a million items in 256 shards left about 3 bytes per item of such holes
-/// and unused capacity.
-const FIRST_SLOTS: usize = 128 * 1024 / std::mem::size_of::<Rec>() + 1;
+/// Slots a slot array grows by at least: a shard of few items keeps a small array. A large
+/// one is a mapping of its own (`mapped::MapAlloc`), grown without a copy.
+const MIN_GROWTH: usize = 256;
 
 /// The slot array: one vector (a lookup goes index, slot, page, item, with no further
 /// indirection: a block table cost 5-10% of pipelined throughput in cache misses).
-#[derive(Default)]
 struct Slots {
-    v: Vec<Rec>,
+    v: MapVec<Rec>,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots { v: map_vec() }
+    }
 }
 
 impl Slots {
@@ -128,14 +130,14 @@ impl Slots {
     fn len(&self) -> usize {
         self.v.len()
     }
-    /// Bytes of memory the array really occupies: what its slots have touched, in whole
-    /// pages (the rest of its mapping is address space only).
+    /// Bytes of memory the array occupies.
     fn resident_bytes(&self) -> usize {
-        (self.v.len() * std::mem::size_of::<Rec>()).next_multiple_of(4096)
+        let size = std::mem::size_of::<Rec>();
+        mapped::resident(self.v.len() * size, self.v.capacity() * size)
     }
     fn push(&mut self, rec: Rec) {
         if self.v.len() == self.v.capacity() {
-            let extra = (self.v.len() / 4).max(FIRST_SLOTS);
+            let extra = (self.v.len() / 4).max(MIN_GROWTH);
             self.v.reserve_exact(extra);
         }
         self.v.push(rec);
@@ -418,7 +420,7 @@ impl Shard {
         self.index.buckets()
     }
 
-    /// Memory of the index (4 bytes a bucket), the slot array (resident part) and the
+    /// Memory of the index (4 bytes a bucket), the slot array and the
     /// arena's bookkeeping and unused chunks.
     pub(crate) fn index_bytes(&self) -> usize {
         self.buckets() * 4 + self.slots.resident_bytes() + self.arena.overhead_bytes()
