@@ -30,7 +30,7 @@ const HUGE: usize = 2 << 20;
 /// cache, and untouched memory costs nothing but address space.
 const STEP: usize = 32 << 20;
 /// Address space to reserve, tried in order: it costs no memory, but a limit on it
-/// (`ulimit -v`) may refuse the larger ones.
+/// (`ulimit -v`) rules out the larger ones (see [`reservable`]).
 const RESERVE: [usize; 4] = [1 << 40, 1 << 36, 1 << 32, 1 << 28];
 
 /// Bytes the heap takes for a buffer of `n` bytes: talc's 8-byte tag, 32-byte units.
@@ -201,11 +201,33 @@ impl Drop for Heap {
     }
 }
 
+/// Address space the heap may take: all it asks for, unless the process has a limit on its
+/// address space (`ulimit -v`), of which it takes at most a quarter.
+fn reservable() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return usize::MAX;
+    }
+    usize::try_from(lim.rlim_cur / 4).unwrap_or(usize::MAX)
+}
+
 /// The process's item heap; None when no address range could be reserved.
 fn heap() -> Option<&'static Heap> {
     static HEAP: OnceLock<Option<Heap>> = OnceLock::new();
-    HEAP.get_or_init(|| RESERVE.iter().find_map(|&s| Heap::reserve(s)))
-        .as_ref()
+    HEAP.get_or_init(|| {
+        let most = reservable();
+        RESERVE
+            .iter()
+            .filter(|&&s| s <= most)
+            .find_map(|&s| Heap::reserve(s))
+    })
+    .as_ref()
 }
 
 /// Whether item buffers come from the item heap (else from the system allocator).
