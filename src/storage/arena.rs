@@ -1,8 +1,8 @@
 //! A shard's memory for item buffers: size classes 4 bytes apart, carved out of pages of
 //! about 4 KiB, so an item costs its length rounded up to 4 bytes. malloc would add an
 //! 8-byte header and round to 16 (a 148-byte item takes 160 there). An item too large for
-//! a class is a page of its own (its own heap allocation). Everything here runs under the
-//! shard's lock.
+//! a class is a page of its own (an allocation in the large-item heap, `heap.rs`).
+//! Everything here runs under the shard's lock.
 
 use super::heap::{self, heap_cost, Buf};
 use super::item::{self, NewItem};

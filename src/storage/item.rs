@@ -200,6 +200,9 @@ impl NewItem<'_> {
         match self {
             NewItem::Built(b) => Buf::copy_of(&b),
             NewItem::Draft(d) => {
+                // Zeroed first, so no byte of it is ever read uninitialised; only a new key
+                // or a new length comes here (an overwrite of the same length reuses the
+                // old buffer in place).
                 let mut buf = Buf::zeroed(d.len());
                 d.write(&mut buf);
                 buf

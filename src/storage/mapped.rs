@@ -111,6 +111,10 @@ unsafe impl Allocator for MapAlloc {
             let p = NonNull::new(p.cast::<u8>()).ok_or(AllocError)?;
             return Ok(NonNull::slice_from_raw_parts(p, new.size()));
         }
+        if !mapped(old) && !mapped(new) {
+            // SAFETY: the block came from `Global` with `old`, as `new` will.
+            return unsafe { Global.grow(ptr, old, new) };
+        }
         let fresh = self.allocate(new)?;
         // SAFETY: both blocks are valid for the old size and distinct; the old one is
         // given back once its bytes are copied.
