@@ -92,3 +92,57 @@ fn disabled_evictions_give_out_of_memory() {
         Some("off")
     );
 }
+
+/// Stores `count` large items of pseudo-random sizes (1,100 to 12,000 bytes) under keys
+/// `big0..big{keys}`, pipelined; each overwrite usually changes the item's size.
+fn churn_large(c: &mut Conn, count: usize, keys: usize, seed: u64) {
+    let mut x = seed;
+    let data = vec![b'd'; 12_000];
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
+        let mut req = Vec::new();
+        for _ in chunk {
+            // A 64-bit LCG: deterministic, and enough to spread keys and sizes.
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = (x >> 33) as usize % keys;
+            let len = 1_100 + (x >> 17) as usize % 10_900;
+            req.extend_from_slice(format!("set big{key} 0 0 {len}\r\n").as_bytes());
+            req.extend_from_slice(&data[..len]);
+            req.extend_from_slice(b"\r\n");
+        }
+        c.send(&req);
+        for _ in chunk {
+            assert_bytes(&c.read_line(), b"STORED\r\n");
+        }
+    }
+}
+
+#[test]
+fn churning_large_items_of_mixed_sizes_keeps_memory_near_the_limit() {
+    let s = Server::start(&["-m", "16"]);
+    let mut c = s.connect();
+    let empty = s.rss_kib().unwrap_or(0);
+    // About 100 MB of items of sizes that keep changing, into a 16 MB cache.
+    churn_large(&mut c, 15_000, 4_000, 1);
+    let full = s.rss_kib().unwrap_or(0);
+    eprintln!("rss empty {empty} KiB, after churn {full} KiB");
+    assert!(
+        stat_u64(&s.stats(""), "evictions") > 0,
+        "the churn never filled the cache"
+    );
+    // Freed buffers are reused whatever their size: memory stays within a few times -m.
+    assert!(
+        full < empty + 64 * 1024,
+        "RSS {full} KiB after churning a 16 MB cache"
+    );
+    // A flush and as much again: the memory the first round left is reused, not added to.
+    assert_bytes(&c.request(b"flush_all\r\n"), b"OK\r\n");
+    churn_large(&mut c, 15_000, 4_000, 2);
+    let again = s.rss_kib().unwrap_or(0);
+    eprintln!("rss after flush and churn {again} KiB");
+    assert!(
+        again < full + 8 * 1024,
+        "RSS grew from {full} to {again} KiB"
+    );
+}
