@@ -50,7 +50,7 @@ pub fn is_root() -> bool {
 /// full copy of a million items, makes over a thousand such calls. A 32 MiB step makes a
 /// handful; the untouched part of a step costs address space, not memory. Setting it fixes
 /// the mmap threshold at glibc's default of 128 KiB (instead of letting it float up), which
-/// is what `storage::item::malloc_cost` assumes anyway.
+/// is what `storage::arena::malloc_cost` assumes anyway.
 fn tune_malloc() {
     // SAFETY: mallopt only changes allocator parameters; it is called before any thread
     // starts, and a failure (0) leaves the defaults.
