@@ -288,34 +288,41 @@ impl Default for Buf {
 impl Buf {
     /// `len` zero bytes in the item heap.
     pub(crate) fn zeroed(len: usize) -> Buf {
-        Self::zeroed_by(&ItemAlloc, len)
+        Self::fill(&ItemAlloc, len, None)
     }
 
     /// `len` zero bytes from the system allocator: for a page of small items, dozens of them
     /// a page already, where the heap's huge pages would not save a TLB miss per item but
     /// would round the memory up coarsely.
     pub(crate) fn system_zeroed(len: usize) -> Buf {
-        Self::zeroed_by(&Global, len)
+        Self::fill(&Global, len, None)
     }
 
-    fn zeroed_by(a: &impl Allocator, len: usize) -> Buf {
+    /// A copy of `src`, in the item heap (written once, not zeroed first).
+    pub(crate) fn copy_of(src: &[u8]) -> Buf {
+        Self::fill(&ItemAlloc, src.len(), Some(src))
+    }
+
+    /// `len` bytes from `a`: a copy of `src` when given (then exactly `len` long), else zeros.
+    fn fill(a: &impl Allocator, len: usize, src: Option<&[u8]>) -> Buf {
         let Ok(layout) = Layout::from_size_align(len, ALIGN) else {
             return Buf::default();
         };
         if len == 0 {
             return Buf::default();
         }
-        match a.allocate_zeroed(layout) {
+        let got = match src {
+            Some(src) => a.allocate(layout).inspect(|p| {
+                // SAFETY: `p` is `len` fresh writable bytes, distinct from `src` (also `len`
+                // long); every byte is written before the Buf exists.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p.cast().as_ptr(), len) };
+            }),
+            None => a.allocate_zeroed(layout),
+        };
+        match got {
             Ok(p) => Buf { ptr: p.cast(), len },
             Err(_) => std::alloc::handle_alloc_error(layout),
         }
-    }
-
-    /// A copy of `src`.
-    pub(crate) fn copy_of(src: &[u8]) -> Buf {
-        let mut b = Buf::zeroed(src.len());
-        b.copy_from_slice(src);
-        b
     }
 }
 
