@@ -347,6 +347,9 @@ impl Worker {
                 bump(&stats.conn_yields, 1);
                 self.ready.push_back(idx);
             }
+            // The client read everything between the loop's flush and the last one: no
+            // writable event will come, and the requests still buffered must not wait for one.
+            Step::Blocked if !wants_write => self.ready.push_back(idx),
             Step::NeedInput | Step::Blocked => {}
         }
         if conn.pending_output() == 0 {
