@@ -41,10 +41,6 @@ pub fn is_root() -> bool {
     unsafe { libc::getuid() == 0 || libc::geteuid() == 0 }
 }
 
-/// Applies every process-level setting of `cfg`, in the order documented above.
-///
-/// With `-d` the calling process exits inside this function (status 0) and only the daemon
-/// returns from it.
 /// glibc grows a heap 128 KiB at a time by default, one `brk`/`mprotect` (and, for a
 /// thread's heap, a split of its memory mapping) per step: filling a cache, or receiving a
 /// full copy of a million items, makes over a thousand such calls. A 32 MiB step makes a
@@ -61,6 +57,10 @@ fn tune_malloc() {
     }
 }
 
+/// Applies every process-level setting of `cfg`, in the order documented above.
+///
+/// With `-d` the calling process exits inside this function (status 0) and only the daemon
+/// returns from it.
 pub fn prepare(cfg: &Config) -> Result<(), String> {
     tune_malloc();
     if cfg.enable_coredumps {
